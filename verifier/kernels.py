@@ -1,0 +1,571 @@
+"""Numba kernels of the DeepZono domain, one per layer kind, over plain arrays.
+
+A zonotope over n neurons is  x = c + G e + d,  e in [-1, 1]^m,  |d_i| <= beta_i :
+a centre c, a generator matrix G and a per-neuron error box beta that absorbs every
+floating-point rounding error. G is kept sparse (CSR rows: indptr, idx, val) through
+convolutions and pools, where each neuron depends on few generators, and dense
+(n x m, row-major) through fully connected layers.
+
+Why the float result is sound: every kernel bounds the rounding error of what it computes
+with the standard a-priori bound for a sum of n products, |fl(sum) - sum| <= gamma(n) *
+sum |terms|, gamma(n) = n u / (1 - n u), u = 2^-53, which holds for any summation order and
+with or without FMA, plus an absolute term for underflow. That bound is added to beta, so
+the exact-arithmetic zonotope of the layer is contained in the computed one plus the box
+beta. Interval bounds are c -/+ (sum |G| + beta) widened by a relative and an absolute
+margin that covers the rounding of that sum. Relaxation parameters (slopes, offsets) may be
+any float: each relaxation is checked against the bounds it is derived from and its offset
+interval is widened outward, so a slightly wrong slope costs precision, never soundness.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+U = 2.0**-53
+TINY = 1e-300  # covers underflow of one operation, with room to spare
+
+
+@njit(cache=True, nogil=True)
+def gamma(n: int) -> float:
+    """Relative error bound of a sum of n products in float64."""
+    nu = (n + 2) * U
+    return nu / (1.0 - nu)
+
+
+@njit(cache=True, nogil=True)
+def widen_up(x: float, n: int) -> float:
+    """An upper bound of the exact value of a non-negative sum of n terms computed as x."""
+    return x * (1.0 + 2.0 * gamma(n)) + (n + 1) * TINY
+
+
+# ----------------------------------------------------------------------------- bounds
+
+
+@njit(cache=True, nogil=True)
+def csr_bounds(c, indptr, val, beta):
+    """Sound lower/upper bounds and the radius upper bound (sum |G| + beta) per neuron."""
+    n = c.shape[0]
+    lo = np.empty(n)
+    hi = np.empty(n)
+    rad = np.empty(n)
+    for i in range(n):
+        s = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            s += abs(val[p])
+        r = widen_up(s, indptr[i + 1] - indptr[i]) + beta[i]
+        r = r * (1.0 + 2.0 * U)
+        rad[i] = r
+        lo[i] = (c[i] - r) - (abs(c[i]) + r) * 2.0 * U - TINY
+        hi[i] = (c[i] + r) + (abs(c[i]) + r) * 2.0 * U + TINY
+    return lo, hi, rad
+
+
+@njit(cache=True, nogil=True)
+def dense_bounds(c, G, beta):
+    """Sound bounds for a dense zonotope; same contract as csr_bounds."""
+    n, m = G.shape
+    lo = np.empty(n)
+    hi = np.empty(n)
+    rad = np.empty(n)
+    for i in range(n):
+        s = 0.0
+        for j in range(m):
+            s += abs(G[i, j])
+        r = widen_up(s, m) + beta[i]
+        r = r * (1.0 + 2.0 * U)
+        rad[i] = r
+        lo[i] = (c[i] - r) - (abs(c[i]) + r) * 2.0 * U - TINY
+        hi[i] = (c[i] + r) + (abs(c[i]) + r) * 2.0 * U + TINY
+    return lo, hi, rad
+
+
+# ----------------------------------------------------------------------------- linear layers
+
+
+@njit(cache=True, nogil=True)
+def csr_conv(c, indptr, idx, val, beta, rad, m, weight, bias, in_shape, out_shape, stride, pads):
+    """Convolution of a CSR zonotope: each output row gathers the rows in its window."""
+    ci_n, h, w = in_shape[0], in_shape[1], in_shape[2]
+    co_n, oh, ow = out_shape[0], out_shape[1], out_shape[2]
+    kh, kw = weight.shape[2], weight.shape[3]
+    sh, sw, pt, pl = stride[0], stride[1], pads[0], pads[1]
+    n_out = co_n * oh * ow
+    # upper bound of the output's non-zeros, to allocate once
+    cap = 0
+    for y in range(oh):
+        for x in range(ow):
+            s = 0
+            for ky in range(kh):
+                iy = y * sh + ky - pt
+                if iy < 0 or iy >= h:
+                    continue
+                for kx in range(kw):
+                    ix = x * sw + kx - pl
+                    if ix < 0 or ix >= w:
+                        continue
+                    for ci in range(ci_n):
+                        k = (ci * h + iy) * w + ix
+                        s += indptr[k + 1] - indptr[k]
+            cap += min(s, m) * co_n
+    out_ptr = np.empty(n_out + 1, dtype=np.int64)
+    out_idx = np.empty(cap, dtype=np.int64)
+    out_val = np.empty(cap)
+    out_c = np.empty(n_out)
+    out_beta = np.empty(n_out)
+    acc = np.zeros(m)
+    seen = np.full(m, -1, dtype=np.int64)
+    touched = np.empty(m, dtype=np.int64)
+    nt = kh * kw * ci_n + 1
+    g = gamma(nt)
+    p = 0
+    out_ptr[0] = 0
+    for co in range(co_n):
+        for y in range(oh):
+            for x in range(ow):
+                o = (co * oh + y) * ow + x
+                nt_used = 0
+                cc = bias[co]
+                absc = abs(bias[co])
+                err = 0.0
+                bsum = 0.0
+                for ky in range(kh):
+                    iy = y * sh + ky - pt
+                    if iy < 0 or iy >= h:
+                        continue
+                    for kx in range(kw):
+                        ix = x * sw + kx - pl
+                        if ix < 0 or ix >= w:
+                            continue
+                        for ci in range(ci_n):
+                            wt = weight[co, ci, ky, kx]
+                            if wt == 0.0:
+                                continue
+                            k = (ci * h + iy) * w + ix
+                            aw = abs(wt)
+                            cc += wt * c[k]
+                            absc += aw * abs(c[k])
+                            err += aw * rad[k]
+                            bsum += aw * beta[k]
+                            for q in range(indptr[k], indptr[k + 1]):
+                                j = idx[q]
+                                if seen[j] != o:
+                                    seen[j] = o
+                                    touched[nt_used] = j
+                                    nt_used += 1
+                                    acc[j] = 0.0
+                                acc[j] += wt * val[q]
+                for t in range(nt_used):
+                    j = touched[t]
+                    out_idx[p] = j
+                    out_val[p] = acc[j]
+                    p += 1
+                out_ptr[o + 1] = p
+                out_c[o] = cc
+                out_beta[o] = (bsum + g * (absc + err)) * (1.0 + 2.0 * g) + nt * TINY
+    return out_c, out_ptr, out_idx[:p].copy(), out_val[:p].copy(), out_beta
+
+
+@njit(cache=True, nogil=True)
+def csr_scale(c, indptr, val, beta, rad, a, b):
+    """Elementwise y = a x + b on a CSR zonotope (in place on copies)."""
+    n = c.shape[0]
+    out_c = np.empty(n)
+    out_val = val.copy()
+    out_beta = np.empty(n)
+    for i in range(n):
+        for p in range(indptr[i], indptr[i + 1]):
+            out_val[p] = a[i] * val[p]
+        out_c[i] = a[i] * c[i] + b[i]
+        err = abs(a[i]) * (abs(c[i]) + rad[i]) + abs(b[i])
+        out_beta[i] = (abs(a[i]) * beta[i] + 2.0 * gamma(2) * err) * (1.0 + 2.0 * U) + TINY
+    return out_c, out_val, out_beta
+
+
+@njit(cache=True, nogil=True)
+def csr_to_dense_affine(c, indptr, idx, val, beta, rad, m, wt_t, aw, bias):
+    """Dense layer applied to a CSR zonotope, giving a dense one over the used generators.
+
+    wt_t is the weight transposed ([in, out]) so each non-zero adds one contiguous row.
+    """
+    n_in, n_out = wt_t.shape
+    col = np.full(m, -1, dtype=np.int64)
+    mu = 0
+    for q in range(indptr[n_in]):
+        j = idx[q]
+        if col[j] < 0:
+            col[j] = mu
+            mu += 1
+    gt = np.zeros((mu, n_out))
+    for k in range(n_in):
+        for q in range(indptr[k], indptr[k + 1]):
+            v = val[q]
+            row = col[idx[q]]
+            for i in range(n_out):
+                gt[row, i] += v * wt_t[k, i]
+    out_c, out_beta = _affine_centre(c, beta, rad, wt_t, aw, bias)
+    return out_c, np.ascontiguousarray(gt.T), out_beta
+
+
+@njit(cache=True, nogil=True)
+def _affine_centre(c, beta, rad, wt_t, aw, bias):
+    """Centre and error box of y = W x + b, with W given transposed and |W| as aw [out, in]."""
+    n_in, n_out = wt_t.shape
+    out_c = bias.copy()
+    for k in range(n_in):
+        ck = c[k]
+        for i in range(n_out):
+            out_c[i] += wt_t[k, i] * ck
+    g = gamma(n_in + 1)
+    out_beta = np.empty(n_out)
+    for i in range(n_out):
+        bsum = 0.0
+        err = abs(bias[i])
+        for k in range(n_in):
+            bsum += aw[i, k] * beta[k]
+            err += aw[i, k] * (abs(c[k]) + rad[k])
+        out_beta[i] = (bsum + g * err) * (1.0 + 2.0 * g) + (n_in + 1) * TINY
+    return out_c, out_beta
+
+
+@njit(cache=True, nogil=True)
+def dense_affine(c, G, beta, rad, weight, wt_t, aw, bias):
+    """Dense layer on a dense zonotope: G' = W G, with the rounding error folded into beta."""
+    n_out, n_in = weight.shape
+    m = G.shape[1]
+    out = np.zeros((n_out, m))
+    for i in range(n_out):
+        for k in range(n_in):
+            wik = weight[i, k]
+            if wik != 0.0:
+                for j in range(m):
+                    out[i, j] += wik * G[k, j]
+    out_c, out_beta = _affine_centre(c, beta, rad, wt_t, aw, bias)
+    return out_c, out, out_beta
+
+
+@njit(cache=True, nogil=True)
+def dense_scale(c, G, beta, rad, a, b):
+    """Elementwise y = a x + b on a dense zonotope."""
+    n, m = G.shape
+    out = np.empty((n, m))
+    out_c = np.empty(n)
+    out_beta = np.empty(n)
+    for i in range(n):
+        for j in range(m):
+            out[i, j] = a[i] * G[i, j]
+        out_c[i] = a[i] * c[i] + b[i]
+        err = abs(a[i]) * (abs(c[i]) + rad[i]) + abs(b[i])
+        out_beta[i] = (abs(a[i]) * beta[i] + 2.0 * gamma(2) * err) * (1.0 + 2.0 * U) + TINY
+    return out_c, out, out_beta
+
+
+# ----------------------------------------------------------------------------- activations
+
+
+@njit(cache=True, nogil=True)
+def _enclose(lo_off, hi_off):
+    """Centre and half-width (rounded outward) of an offset interval [lo_off, hi_off]."""
+    mid = 0.5 * (lo_off + hi_off)
+    half = max(hi_off - mid, mid - lo_off)
+    half = half * (1.0 + 4.0 * U) + abs(mid) * 4.0 * U + TINY
+    return mid, half
+
+
+@njit(cache=True, nogil=True)
+def _sigmoid_slope(x):
+    """sigmoid'(x) = e / (1 + e)^2 with e = exp(-|x|), accurate to a few ulp for any x."""
+    e = np.exp(-abs(x))
+    return e / ((1.0 + e) * (1.0 + e))
+
+
+@njit(cache=True, nogil=True)
+def relaxation(kind, lo, hi):
+    """Per-neuron DeepZono relaxation y in lam * x + mu +/- nu, sound on [lo, hi].
+
+    kind 0 = ReLU (slope u/(u-l) on crossing neurons), 1 = sigmoid, 2 = tanh (slope the
+    smaller end-point derivative). nu < 0 marks a stable neuron that needs no new generator.
+    """
+    n = lo.shape[0]
+    lam = np.empty(n)
+    mu = np.empty(n)
+    nu = np.empty(n)
+    for i in range(n):
+        l = lo[i]
+        u = hi[i]
+        if kind == 0:
+            if u <= 0.0:
+                lam[i], mu[i], nu[i] = 0.0, 0.0, -1.0
+            elif l >= 0.0:
+                lam[i], mu[i], nu[i] = 1.0, 0.0, -1.0
+            else:
+                s = u / (u - l)
+                s = min(max(s, 0.0), 1.0)
+                # relu(x) - s x lies in [0, max(-s l, (1 - s) u)] for any s in [0, 1]
+                top = max(-s * l, (1.0 - s) * u)
+                top = top * (1.0 + 4.0 * U) + TINY
+                mid, half = _enclose(0.0, top)
+                lam[i], mu[i], nu[i] = s, mid, half
+        else:
+            if kind == 1:
+                fl = 1.0 / (1.0 + np.exp(-l))
+                fu = 1.0 / (1.0 + np.exp(-u))
+                s = min(_sigmoid_slope(l), _sigmoid_slope(u))
+            else:
+                fl = np.tanh(l)
+                fu = np.tanh(u)
+                s = min(4.0 * _sigmoid_slope(2.0 * l), 4.0 * _sigmoid_slope(2.0 * u))
+            # shrinking the slope keeps f(x) - s x non-decreasing despite rounding of s
+            s = max(s * (1.0 - 1e-9), 0.0)
+            # f(x) - s x is non-decreasing on [l, u] when s <= min f'; a slope off by a few ulp
+            # changes it by at most slack * (u - l), and f itself is within 1e-14 of its value
+            slack = 16.0 * U * s * (u - l) + 1e-14
+            lo_off = fl - s * l - slack - 4.0 * U * abs(s * l)
+            hi_off = fu - s * u + slack + 4.0 * U * abs(s * u)
+            mid, half = _enclose(lo_off, hi_off)
+            lam[i], mu[i], nu[i] = s, mid, half
+    return lam, mu, nu
+
+
+@njit(cache=True, nogil=True)
+def csr_activation(c, indptr, idx, val, beta, rad, m, lam, mu, nu):
+    """Apply per-neuron relaxations to a CSR zonotope; crossing neurons get a new generator."""
+    n = c.shape[0]
+    n_new = 0
+    nnz = 0
+    for i in range(n):
+        if lam[i] != 0.0:
+            nnz += indptr[i + 1] - indptr[i]
+        if nu[i] >= 0.0:
+            n_new += 1
+    out_ptr = np.empty(n + 1, dtype=np.int64)
+    out_idx = np.empty(nnz + n_new, dtype=np.int64)
+    out_val = np.empty(nnz + n_new)
+    out_c = np.empty(n)
+    out_beta = np.empty(n)
+    p = 0
+    nxt = m
+    out_ptr[0] = 0
+    for i in range(n):
+        s = lam[i]
+        if s != 0.0:
+            for q in range(indptr[i], indptr[i + 1]):
+                out_idx[p] = idx[q]
+                out_val[p] = s * val[q]
+                p += 1
+        if nu[i] >= 0.0:
+            out_idx[p] = nxt
+            out_val[p] = nu[i]
+            nxt += 1
+            p += 1
+        out_ptr[i + 1] = p
+        out_c[i] = s * c[i] + mu[i]
+        err = s * (abs(c[i]) + rad[i]) + abs(mu[i])
+        out_beta[i] = (s * beta[i] + 2.0 * gamma(2) * err) * (1.0 + 2.0 * U) + TINY
+    return out_c, out_ptr, out_idx, out_val, out_beta, nxt
+
+
+@njit(cache=True, nogil=True)
+def dense_activation(c, G, beta, rad, lam, mu, nu):
+    """Apply per-neuron relaxations to a dense zonotope; new generators become new columns."""
+    n, m = G.shape
+    n_new = 0
+    for i in range(n):
+        if nu[i] >= 0.0:
+            n_new += 1
+    out = np.zeros((n, m + n_new))
+    out_c = np.empty(n)
+    out_beta = np.empty(n)
+    nxt = m
+    for i in range(n):
+        s = lam[i]
+        if s != 0.0:
+            for j in range(m):
+                out[i, j] = s * G[i, j]
+        if nu[i] >= 0.0:
+            out[i, nxt] = nu[i]
+            nxt += 1
+        out_c[i] = s * c[i] + mu[i]
+        err = s * (abs(c[i]) + rad[i]) + abs(mu[i])
+        out_beta[i] = (s * beta[i] + 2.0 * gamma(2) * err) * (1.0 + 2.0 * U) + TINY
+    return out_c, out, out_beta
+
+
+# ----------------------------------------------------------------------------- max pooling
+
+
+@njit(cache=True, nogil=True)
+def csr_maxpool(c, indptr, idx, val, beta, lo, hi, m, in_shape, out_shape, kernel, stride, pads):
+    """DeepZono max-pool: a dominating input passes through, else a fresh generator.
+
+    Dominating means its lower bound is >= every other input's upper bound; otherwise the
+    output is boxed as [max lower, max upper] with one new error term.
+    """
+    ch, h, w = in_shape[0], in_shape[1], in_shape[2]
+    oh, ow = out_shape[1], out_shape[2]
+    kh, kw = kernel[0], kernel[1]
+    sh, sw, pt, pl = stride[0], stride[1], pads[0], pads[1]
+    n_out = ch * oh * ow
+    winner = np.empty(n_out, dtype=np.int64)
+    box_lo = np.empty(n_out)
+    box_hi = np.empty(n_out)
+    nnz = 0
+    for cc in range(ch):
+        for y in range(oh):
+            for x in range(ow):
+                o = (cc * oh + y) * ow + x
+                best = -1
+                best_lo = -np.inf
+                max_hi = -np.inf
+                for ky in range(kh):
+                    iy = y * sh + ky - pt
+                    if iy < 0 or iy >= h:
+                        continue
+                    for kx in range(kw):
+                        ix = x * sw + kx - pl
+                        if ix < 0 or ix >= w:
+                            continue
+                        k = (cc * h + iy) * w + ix
+                        if lo[k] > best_lo or best < 0:
+                            best_lo = lo[k]
+                            best = k
+                        max_hi = max(max_hi, hi[k])
+                dominated = True
+                for ky in range(kh):
+                    iy = y * sh + ky - pt
+                    if iy < 0 or iy >= h:
+                        continue
+                    for kx in range(kw):
+                        ix = x * sw + kx - pl
+                        if ix < 0 or ix >= w:
+                            continue
+                        k = (cc * h + iy) * w + ix
+                        if k != best and hi[k] > best_lo:
+                            dominated = False
+                box_lo[o] = best_lo
+                box_hi[o] = max_hi
+                if dominated:
+                    winner[o] = best
+                    nnz += indptr[best + 1] - indptr[best]
+                else:
+                    winner[o] = -1
+                    nnz += 1
+    out_ptr = np.empty(n_out + 1, dtype=np.int64)
+    out_idx = np.empty(nnz, dtype=np.int64)
+    out_val = np.empty(nnz)
+    out_c = np.empty(n_out)
+    out_beta = np.empty(n_out)
+    p = 0
+    nxt = m
+    out_ptr[0] = 0
+    for o in range(n_out):
+        k = winner[o]
+        if k >= 0:
+            for q in range(indptr[k], indptr[k + 1]):
+                out_idx[p] = idx[q]
+                out_val[p] = val[q]
+                p += 1
+            out_c[o] = c[k]
+            out_beta[o] = beta[k]
+        else:
+            mid, half = _enclose(box_lo[o], box_hi[o])
+            out_idx[p] = nxt
+            out_val[p] = half
+            nxt += 1
+            p += 1
+            out_c[o] = mid
+            out_beta[o] = 0.0
+        out_ptr[o + 1] = p
+    return out_c, out_ptr, out_idx, out_val, out_beta, nxt
+
+
+# ----------------------------------------------------------------------------- conversions
+
+
+@njit(cache=True, nogil=True)
+def dense_to_csr(G):
+    """CSR rows of a dense generator matrix, dropping zero entries."""
+    n, m = G.shape
+    nnz = 0
+    for i in range(n):
+        for j in range(m):
+            if G[i, j] != 0.0:
+                nnz += 1
+    ptr = np.empty(n + 1, dtype=np.int64)
+    idx = np.empty(nnz, dtype=np.int64)
+    val = np.empty(nnz)
+    p = 0
+    ptr[0] = 0
+    for i in range(n):
+        for j in range(m):
+            if G[i, j] != 0.0:
+                idx[p] = j
+                val[p] = G[i, j]
+                p += 1
+        ptr[i + 1] = p
+    return ptr, idx, val
+
+
+# ----------------------------------------------------------------------------- the property
+
+
+@njit(cache=True, nogil=True)
+def margins_dense_last(c, G, beta, rad, weight, bias, label):
+    """Lower bounds of z_label - z_j for every j, with z = W x + b the last (dense) layer.
+
+    Each bound is computed on the zonotope of the difference: the row W_label - W_j is applied
+    to the generators first, so correlations between the two logits cancel.
+    """
+    n_out, n_in = weight.shape
+    m = G.shape[1]
+    res = np.empty(n_out)
+    g = gamma(n_in + 1)
+    row = np.empty(m)
+    for j in range(n_out):
+        if j == label:
+            res[j] = np.inf
+            continue
+        d = np.empty(n_in)
+        for k in range(n_in):
+            d[k] = weight[label, k] - weight[j, k]
+        row[:] = 0.0
+        centre = bias[label] - bias[j]
+        err = abs(centre) * 2.0 * U + abs(bias[label]) * U + abs(bias[j]) * U
+        bsum = 0.0
+        for k in range(n_in):
+            dk = d[k]
+            if dk == 0.0:
+                continue
+            adk = abs(dk)
+            centre += dk * c[k]
+            # |dk| (|c_k| + rad_k) bounds every term; U * |dk| covers the rounding of dk itself
+            err += adk * (1.0 + 2.0 * U) * (abs(c[k]) + rad[k]) * (g + 2.0 * U)
+            bsum += adk * beta[k]
+            for q in range(m):
+                row[q] += dk * G[k, q]
+        s = 0.0
+        for q in range(m):
+            s += abs(row[q])
+        total = widen_up(s, m) + (bsum + err) * (1.0 + 2.0 * g) + (n_in + 2) * TINY
+        lb = centre - total
+        res[j] = lb - (abs(centre) + total) * 2.0 * U - TINY
+    return res
+
+
+@njit(cache=True, nogil=True)
+def margins_rows(c, G, beta, label):
+    """Lower bounds of x_label - x_j on a dense zonotope whose neurons are the logits."""
+    n, m = G.shape
+    res = np.empty(n)
+    for j in range(n):
+        if j == label:
+            res[j] = np.inf
+            continue
+        s = 0.0
+        for q in range(m):
+            s += abs(G[label, q] - G[j, q])
+        centre = c[label] - c[j]
+        total = widen_up(s, m) * (1.0 + 2.0 * U) + beta[label] + beta[j]
+        total = total * (1.0 + 2.0 * U)
+        res[j] = centre - total - (abs(centre) + total) * 2.0 * U - TINY
+    return res
