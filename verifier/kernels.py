@@ -62,17 +62,39 @@ def csr_bounds(c, indptr, val, beta):
 
 
 @njit(cache=True, nogil=True)
+def abs_row_sums(G):
+    """sum_j |G[i, j]| per row, with four partial sums so the loop pipelines."""
+    n, m = G.shape
+    out = np.empty(n)
+    for i in range(n):
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        j = 0
+        while j + 4 <= m:
+            s0 += abs(G[i, j])
+            s1 += abs(G[i, j + 1])
+            s2 += abs(G[i, j + 2])
+            s3 += abs(G[i, j + 3])
+            j += 4
+        while j < m:
+            s0 += abs(G[i, j])
+            j += 1
+        out[i] = (s0 + s1) + (s2 + s3)
+    return out
+
+
+@njit(cache=True, nogil=True)
 def dense_bounds(c, G, beta):
     """Sound bounds for a dense zonotope; same contract as csr_bounds."""
     n, m = G.shape
+    sums = abs_row_sums(G)
     lo = np.empty(n)
     hi = np.empty(n)
     rad = np.empty(n)
     for i in range(n):
-        s = 0.0
-        for j in range(m):
-            s += abs(G[i, j])
-        r = widen_up(s, m) + beta[i]
+        r = widen_up(sums[i], m) + beta[i]
         r = r * (1.0 + 2.0 * U)
         rad[i] = r
         lo[i] = (c[i] - r) - (abs(c[i]) + r) * 2.0 * U - TINY
@@ -229,17 +251,28 @@ def _affine_centre(c, beta, rad, wt_t, aw, bias):
 
 
 @njit(cache=True, nogil=True)
+def live_rows(G):
+    """Indices of the rows of G that have a non-zero entry (inactive ReLUs give zero rows)."""
+    n, m = G.shape
+    keep = np.empty(n, dtype=np.int64)
+    k = 0
+    for i in range(n):
+        for j in range(m):
+            if G[i, j] != 0.0:
+                keep[k] = i
+                k += 1
+                break
+    return keep[:k]
+
+
+@njit(cache=True, nogil=True)
 def dense_affine(c, G, beta, rad, weight, wt_t, aw, bias):
-    """Dense layer on a dense zonotope: G' = W G, with the rounding error folded into beta."""
-    n_out, n_in = weight.shape
-    m = G.shape[1]
-    out = np.zeros((n_out, m))
-    for i in range(n_out):
-        for k in range(n_in):
-            wik = weight[i, k]
-            if wik != 0.0:
-                for j in range(m):
-                    out[i, j] += wik * G[k, j]
+    """Dense layer on a dense zonotope: G' = W G (BLAS, live rows only), error into beta."""
+    keep = live_rows(G)
+    if keep.shape[0] == G.shape[0]:
+        out = np.dot(weight, G)
+    else:
+        out = np.dot(np.ascontiguousarray(weight[:, keep]), np.ascontiguousarray(G[keep]))
     out_c, out_beta = _affine_centre(c, beta, rad, wt_t, aw, bias)
     return out_c, out, out_beta
 
@@ -513,40 +546,34 @@ def dense_to_csr(G):
 def margins_dense_last(c, G, beta, rad, weight, bias, label):
     """Lower bounds of z_label - z_j for every j, with z = W x + b the last (dense) layer.
 
-    Each bound is computed on the zonotope of the difference: the row W_label - W_j is applied
-    to the generators first, so correlations between the two logits cancel.
+    Each bound is computed on the zonotope of the difference: the rows W_label - W_j are
+    applied to the generators first (one product), so correlations between logits cancel.
     """
     n_out, n_in = weight.shape
     m = G.shape[1]
-    res = np.empty(n_out)
+    d = np.empty((n_out, n_in))
+    for j in range(n_out):
+        for k in range(n_in):
+            d[j, k] = weight[label, k] - weight[j, k]
+    rows = np.dot(d, G)
+    sums = abs_row_sums(rows)
     g = gamma(n_in + 1)
-    row = np.empty(m)
+    res = np.empty(n_out)
     for j in range(n_out):
         if j == label:
             res[j] = np.inf
             continue
-        d = np.empty(n_in)
-        for k in range(n_in):
-            d[k] = weight[label, k] - weight[j, k]
-        row[:] = 0.0
         centre = bias[label] - bias[j]
         err = abs(centre) * 2.0 * U + abs(bias[label]) * U + abs(bias[j]) * U
         bsum = 0.0
         for k in range(n_in):
-            dk = d[k]
-            if dk == 0.0:
-                continue
+            dk = d[j, k]
             adk = abs(dk)
             centre += dk * c[k]
-            # |dk| (|c_k| + rad_k) bounds every term; U * |dk| covers the rounding of dk itself
+            # |dk| (|c_k| + rad_k) bounds every term; 2U |dk| covers the rounding of dk itself
             err += adk * (1.0 + 2.0 * U) * (abs(c[k]) + rad[k]) * (g + 2.0 * U)
             bsum += adk * beta[k]
-            for q in range(m):
-                row[q] += dk * G[k, q]
-        s = 0.0
-        for q in range(m):
-            s += abs(row[q])
-        total = widen_up(s, m) + (bsum + err) * (1.0 + 2.0 * g) + (n_in + 2) * TINY
+        total = widen_up(sums[j], m) + (bsum + err) * (1.0 + 2.0 * g) + (n_in + 2) * TINY
         lb = centre - total
         res[j] = lb - (abs(centre) + total) * 2.0 * U - TINY
     return res

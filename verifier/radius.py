@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from verifier.blas import single_threaded
 from verifier.network import Network
 from verifier.zonotope import ZonoNet, robustness_margin
 
@@ -32,33 +33,37 @@ class RadiusResult:
     calls: int
 
 
-def grid_step(up: float, tol: float) -> float:
-    """Bisection from [0, up] stops at the first width below tol: its final step."""
+def grid_size(up: float, tol: float) -> int:
+    """Bisection from [0, up] halves until the width is below tol: 2^k intervals of up / 2^k.
+
+    Every eps either search tests is a grid point up * k / 2^k (one rounding), so the two
+    searches compare exactly.
+    """
     if not (up > 0 and tol > 0):
         raise ValueError("up and tol must be positive")
-    k = 0
-    while up / 2**k >= tol:
-        k += 1
-    return up / 2**k
+    n = 1
+    while up / n >= tol:
+        n *= 2
+    return n
 
 
 def bisect(margin: Callable[[float], float], up: float, tol: float) -> tuple[float, int]:
-    """Algorithm 1: returns (low, calls)."""
-    low, calls = 0.0, 0
-    while up - low >= tol:
-        mid = (up + low) / 2
+    """Algorithm 1 (on the integer grid, same midpoints): returns (low, calls)."""
+    n = grid_size(up, tol)
+    low, high, calls = 0, n, 0
+    while high - low > 1:
+        mid = (low + high) // 2
         calls += 1
-        if margin(mid) > 0:
+        if margin(up * mid / n) > 0:
             low = mid
         else:
-            up = mid
-    return low, calls
+            high = mid
+    return up * low / n, calls
 
 
 def secant(margin: Callable[[float], float], up: float, tol: float) -> tuple[float, int]:
     """Margin-guided search on bisection's grid; returns (largest robust grid point, calls)."""
-    h = grid_step(up, tol)
-    n = round(up / h)  # grid points 0..n; n (= up) is never tested, as in bisection
+    n = grid_size(up, tol)  # grid points 0..n; n (= up) is never tested, as in bisection
     probes: dict[int, float] = {0: margin(0.0)}
     if probes[0] <= 0:
         return 0.0, 1
@@ -67,7 +72,7 @@ def secant(margin: Callable[[float], float], up: float, tol: float) -> tuple[flo
     stalls = 0
     while hi - lo > 1:
         k = min(max(guess, lo + 1), hi - 1)
-        probes[k] = margin(k * h)
+        probes[k] = margin(up * k / n)
         width = hi - lo
         if probes[k] > 0:
             lo = k
@@ -75,7 +80,7 @@ def secant(margin: Callable[[float], float], up: float, tol: float) -> tuple[flo
             hi = k
         stalls = stalls + 1 if (hi - lo) * 2 > width else 0
         guess = (lo + hi) // 2 if stalls >= 3 else _chord_guess(probes, lo, hi)
-    return lo * h, len(probes)
+    return up * lo / n, len(probes)
 
 
 def _chord_guess(probes: dict[int, float], lo: int, hi: int) -> int:
@@ -126,7 +131,8 @@ def radius_result(
     if search not in SEARCHES:
         raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
     fn = bisect if search == "bisect" else secant
-    radius, calls = fn(lambda eps: robustness_margin(znet, x, eps, label), up, tol)
+    with single_threaded():
+        radius, calls = fn(lambda eps: robustness_margin(znet, x, eps, label), up, tol)
     return RadiusResult(radius, int(label), calls)
 
 

@@ -1,0 +1,90 @@
+"""DeepZono transformers: exact numbers on hand-checkable cases, soundness on random ones."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from verifier.box import InputBox
+from verifier.network import Conv, Dense, MaxPool, Network, Relu, Scale, Sigmoid, Tanh
+from verifier.zonotope import is_robust, margins, output_bounds
+
+
+def _net(layers, in_shape, n_out):
+    return Network(tuple(layers), in_shape, n_out)
+
+
+def test_affine_is_exact():
+    box = InputBox(np.array([0.0, 1.0, 2.0]), np.array([2.0, 3.0, 4.0]))  # [1, 2, 3] +/- 1
+    net = _net([Dense(np.array([[1.0, -1.0, 2.0]]), np.array([0.5]))], (3,), 1)
+    lo, hi = output_bounds(net, box)
+    assert lo[0] == pytest.approx(1.5, abs=1e-12) and hi[0] == pytest.approx(9.5, abs=1e-12)
+    assert lo[0] <= 1.5 and hi[0] >= 9.5  # rounded outward, never inward
+
+
+def test_relu_crossing_uses_the_deepzono_slope():
+    # x in [-1, 3]: slope 3/4, offset 3/8 +/- 3/8, so relu(x) is boxed by [-0.75, 3]
+    box = InputBox(np.array([-1.0]), np.array([3.0]))
+    net = _net([Dense(np.eye(1), np.zeros(1)), Relu(), Dense(np.eye(1), np.zeros(1))], (1,), 1)
+    lo, hi = output_bounds(net, box)
+    assert lo[0] == pytest.approx(-0.75, abs=1e-12) and hi[0] == pytest.approx(3.0, abs=1e-12)
+
+
+def test_difference_zonotope_is_tighter_than_intervals():
+    # z0 = x + 1, z1 = x: the difference is exactly 1 although the intervals overlap
+    net = _net([Dense(np.array([[1.0], [1.0]]), np.array([1.0, 0.0]))], (1,), 2)
+    m = margins(net, np.array([0.5]), 0.5, label=0)
+    assert m[1] == pytest.approx(1.0, abs=1e-12)
+    assert is_robust(net, np.array([0.5]), 0.5)
+
+
+def test_maxpool_dominating_input_passes_through():
+    # inputs 2x2, one channel: pixel 0 in [0.9, 1.0] dominates pixels in [0, 0.3]
+    pool = MaxPool((1, 2, 2), (1, 1, 1), (2, 2), (2, 2), (0, 0, 0, 0))
+    net = _net([Scale(np.ones(4), np.zeros(4)), pool, Dense(np.eye(1), np.zeros(1))], (1, 2, 2), 1)
+    box = InputBox(np.array([0.9, 0.0, 0.1, 0.0]), np.array([1.0, 0.3, 0.2, 0.3]))
+    lo, hi = output_bounds(net, box)
+    assert lo[0] == pytest.approx(0.9, abs=1e-12) and hi[0] == pytest.approx(1.0, abs=1e-12)
+    box = InputBox(np.array([0.2, 0.0, 0.1, 0.0]), np.array([1.0, 0.5, 0.2, 0.3]))
+    lo, hi = output_bounds(net, box)  # undecided: boxed as [max lower, max upper]
+    assert lo[0] == pytest.approx(0.2, abs=1e-12) and hi[0] == pytest.approx(1.0, abs=1e-12)
+
+
+def _random_net(rng, kind, act):
+    if kind == "dense":
+        sizes = [6, 7, 5, 3]
+        layers = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [Dense(rng.normal(size=(b, a)), rng.normal(size=b)), act()]
+        return _net(layers[:-1], (6,), 3)
+    conv1 = Conv(rng.normal(size=(2, 1, 3, 3)), rng.normal(size=2) * 0.3, (1, 7, 7), (2, 7, 7), (1, 1), (1, 1, 1, 1))
+    pool = MaxPool((2, 7, 7), (2, 3, 3), (2, 2), (2, 2), (0, 0, 0, 0))
+    conv2 = Conv(rng.normal(size=(3, 2, 2, 2)), rng.normal(size=3) * 0.3, (2, 3, 3), (3, 1, 1), (2, 2), (0, 0, 0, 0))
+    layers = [Scale(np.full(49, 2.0), np.full(49, -1.0)), conv1, act(), pool, conv2, act(),
+              Dense(rng.normal(size=(4, 3)), rng.normal(size=4))]
+    return _net(layers, (1, 7, 7), 4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    kind=st.sampled_from(["dense", "conv"]),
+    act=st.sampled_from([Relu, Sigmoid, Tanh]),
+    eps=st.floats(0.0, 0.5),
+)
+def test_sampled_points_stay_inside_the_bounds(seed, kind, act, eps):
+    rng = np.random.default_rng(seed)
+    net = _random_net(rng, kind, act)
+    x = rng.uniform(size=net.input_size)
+    box = InputBox.linf(x, eps)
+    lo, hi = output_bounds(net, box)
+    corners = rng.integers(0, 2, size=(300, net.input_size)).astype(float)
+    ys = np.concatenate([rng.uniform(box.lower, box.upper, size=(700, net.input_size)),
+                         box.lower + corners * (box.upper - box.lower)])
+    out = net.forward(ys)
+    assert np.all(out >= lo) and np.all(out <= hi)
+    label = net.predict(x)
+    m = margins(net, x, eps, label)
+    others = np.arange(net.n_outputs) != label
+    diffs = (out[:, [label]] - out)[:, others]
+    assert np.all(diffs >= m[others])  # every sampled logit gap respects its certified bound
