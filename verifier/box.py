@@ -31,7 +31,7 @@ class InputBox:
         return cls(np.minimum(lo, x), np.maximum(hi, x))
 
     def center_radius(self) -> tuple[np.ndarray, np.ndarray]:
-        """Centre c and radius r with [c - r, c + r] containing [lower, upper] in exact arithmetic."""
+        """Centre c and radius r with [c - r, c + r] containing [lower, upper] exactly."""
         c = 0.5 * (self.lower + self.upper)
         r = np.maximum(self.upper - c, c - self.lower)
         r = np.where(r > 0, np.nextafter(r, np.inf), 0.0)

@@ -316,7 +316,7 @@ def _sigmoid_slope(x):
 def relaxation(kind, lo, hi):
     """Per-neuron DeepZono relaxation y in lam * x + mu +/- nu, sound on [lo, hi].
 
-    kind 0 = ReLU (slope u/(u-l) on crossing neurons), 1 = sigmoid, 2 = tanh (slope the
+    kind 0 = ReLU (slope up/(up-lw) on crossing neurons), 1 = sigmoid, 2 = tanh (slope the
     smaller end-point derivative). nu < 0 marks a stable neuron that needs no new generator.
     """
     n = lo.shape[0]
@@ -324,37 +324,37 @@ def relaxation(kind, lo, hi):
     mu = np.empty(n)
     nu = np.empty(n)
     for i in range(n):
-        l = lo[i]
-        u = hi[i]
+        lw = lo[i]
+        up = hi[i]
         if kind == 0:
-            if u <= 0.0:
+            if up <= 0.0:
                 lam[i], mu[i], nu[i] = 0.0, 0.0, -1.0
-            elif l >= 0.0:
+            elif lw >= 0.0:
                 lam[i], mu[i], nu[i] = 1.0, 0.0, -1.0
             else:
-                s = u / (u - l)
+                s = up / (up - lw)
                 s = min(max(s, 0.0), 1.0)
-                # relu(x) - s x lies in [0, max(-s l, (1 - s) u)] for any s in [0, 1]
-                top = max(-s * l, (1.0 - s) * u)
+                # relu(x) - s x lies in [0, max(-s lw, (1 - s) up)] for any s in [0, 1]
+                top = max(-s * lw, (1.0 - s) * up)
                 top = top * (1.0 + 4.0 * U) + TINY
                 mid, half = _enclose(0.0, top)
                 lam[i], mu[i], nu[i] = s, mid, half
         else:
             if kind == 1:
-                fl = 1.0 / (1.0 + np.exp(-l))
-                fu = 1.0 / (1.0 + np.exp(-u))
-                s = min(_sigmoid_slope(l), _sigmoid_slope(u))
+                fl = 1.0 / (1.0 + np.exp(-lw))
+                fu = 1.0 / (1.0 + np.exp(-up))
+                s = min(_sigmoid_slope(lw), _sigmoid_slope(up))
             else:
-                fl = np.tanh(l)
-                fu = np.tanh(u)
-                s = min(4.0 * _sigmoid_slope(2.0 * l), 4.0 * _sigmoid_slope(2.0 * u))
+                fl = np.tanh(lw)
+                fu = np.tanh(up)
+                s = min(4.0 * _sigmoid_slope(2.0 * lw), 4.0 * _sigmoid_slope(2.0 * up))
             # shrinking the slope keeps f(x) - s x non-decreasing despite rounding of s
             s = max(s * (1.0 - 1e-9), 0.0)
-            # f(x) - s x is non-decreasing on [l, u] when s <= min f'; a slope off by a few ulp
-            # changes it by at most slack * (u - l), and f itself is within 1e-14 of its value
-            slack = 16.0 * U * s * (u - l) + 1e-14
-            lo_off = fl - s * l - slack - 4.0 * U * abs(s * l)
-            hi_off = fu - s * u + slack + 4.0 * U * abs(s * u)
+            # f(x) - s x is non-decreasing on [lw, up] when s <= min f'; a slope off by a few ulp
+            # changes it by at most slack * (up - lw), and f itself is within 1e-14 of its value
+            slack = 16.0 * U * s * (up - lw) + 1e-14
+            lo_off = fl - s * lw - slack - 4.0 * U * abs(s * lw)
+            hi_off = fu - s * up + slack + 4.0 * U * abs(s * up)
             mid, half = _enclose(lo_off, hi_off)
             lam[i], mu[i], nu[i] = s, mid, half
     return lam, mu, nu

@@ -281,7 +281,9 @@ class _Builder:
         shape = self.shape
         if c.ndim > len(shape):
             if c.shape[0] != 1 or c.ndim - 1 > len(shape):
-                raise UnsupportedModelError(f"{node.op_type} {node.name!r}: constant shape {c.shape}")
+                raise UnsupportedModelError(
+                    f"{node.op_type} {node.name!r}: constant shape {c.shape}"
+                )
             c = c.reshape(c.shape[1:])
         try:
             np.broadcast_shapes(c.shape, shape)
@@ -366,7 +368,8 @@ class _Builder:
                 out = -(-size // s)
                 total = max((out - 1) * s + k - size, 0)
                 small = total // 2
-                pads.append((small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small))
+                upper_first = auto_pad == "SAME_UPPER"
+                pads.append((small, total - small) if upper_first else (total - small, small))
             pt, pb = pads[0]
             pl, pr = pads[1]
         elif auto_pad == "VALID":

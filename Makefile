@@ -1,0 +1,46 @@
+# The few commands a person runs. `make setup` once, then `make demo` or `make test`.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+PYTHON  := $(BIN)/python
+export OPENBLAS_NUM_THREADS ?= 1
+
+.PHONY: setup setup-study test test-fast lint demo kafka kafka-stop bench study-quick study models clean
+
+$(PYTHON):
+	$(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+
+setup: $(PYTHON)  ## the worker, its tests and the study tools (torch, ART) in .venv/
+	$(PYTHON) -m pip install -q -e '.[test,study]'
+
+setup-worker: $(PYTHON)  ## the worker alone (no torch)
+	$(PYTHON) -m pip install -q -e '.[test]'
+
+test:  ## the whole suite: unit, property, integration against a real Kafka broker, end to end
+	$(PYTHON) -m pytest -q
+
+test-fast:  ## everything that needs no broker
+	$(PYTHON) -m pytest -q -m "not kafka"
+
+lint:
+	$(BIN)/ruff check verifier worker study bench tests
+
+demo:  ## local broker, two workers, a recorded stream replayed, a verdict table
+	$(BIN)/radiusguard demo
+
+kafka:  ## start the local broker; prints host:port last
+	$(BIN)/radiusguard kafka start
+
+kafka-stop:
+	$(BIN)/radiusguard kafka stop
+
+bench:  ## speed of the verifier and of the worker through Kafka (prints figures)
+	$(PYTHON) -m bench.verifier
+	$(PYTHON) -m bench.worker
+
+models:  ## retrain the reference models (needs the study extra)
+	$(PYTHON) -m study.train --nets fnn-3x30-relu,fnn-3x30-sigmoid,fnn-3x30-tanh,cnn-6-16-128-relu --out models/ --slice
+
+clean:
+	rm -rf .pytest_cache .ruff_cache build *.egg-info

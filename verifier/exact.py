@@ -1,0 +1,632 @@
+"""Complete verification by MILP: the exact minimal adversarial L-infinity distance.
+
+`exact_radius` encodes a small piecewise-linear network (Dense, Conv, Scale, Relu, MaxPool)
+as a mixed-integer linear program per target class and solves it with HiGHS
+(scipy.optimize.milp). It is the referee for the incomplete DeepZono radius: the certified
+radius of a sound verifier never exceeds the exact one.
+
+The big-M constants come from this module's own bounds (intervals intersected with a
+forward linear relaxation), not from verifier.zonotope, so the referee does not share code
+with what it checks.
+
+Cost: one MILP per target class (pruned by the running best distance), each with one
+binary per ReLU that the bounds leave unstable (and per live max-pool candidate) over the
+box of radius `upper bracket`; the worst case is exponential in that number. The MNIST
+fnn-3x30-relu net takes a fraction of a second per input; convolutional nets with
+thousands of ReLUs can take minutes or not finish (use `time_limit`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from verifier.network import (
+    Conv,
+    Dense,
+    MaxPool,
+    Network,
+    Relu,
+    Scale,
+    UnsupportedModelError,
+)
+
+# Relative outward padding of every computed bound: float64 rounding in the bound
+# arithmetic is many orders of magnitude below it, so each big-M constraint stays valid.
+_PAD = 1e-9
+# HiGHS' relative optimality gap for the distance t.
+_MIP_GAP = 1e-7
+# Largest L-infinity step used to push a solver point across the decision boundary.
+_NUDGE = 1e-6
+
+STATUSES = ("optimal", "misclassified", "beyond_max_eps", "time_limit", "unconfirmed")
+
+
+@dataclass(frozen=True)
+class ExactResult:
+    """Minimal adversarial distance with its witness.
+
+    status: "optimal" (radius = eps*, adversarial within radius + 1e-6 of x with
+    argmax != label), "misclassified" (label is not the prediction at x; radius 0),
+    "beyond_max_eps" (no adversarial point within max_eps; radius = max_eps is a lower
+    bound), "time_limit" (radius is the best distance found, only an upper bound, or
+    max_eps if none was found), "unconfirmed" (a MILP optimum at `radius` that forward()
+    did not confirm as adversarial, even after the tolerance nudge; adversarial may be None).
+    """
+
+    radius: float
+    adversarial: np.ndarray | None
+    target: int | None
+    status: str
+
+
+# ----------------------------------------------------------------------------- lowering
+
+
+@dataclass(frozen=True)
+class _Affine:
+    matrix: np.ndarray | sp.csr_matrix  # [out, in]
+    bias: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Relu:
+    pass
+
+
+@dataclass(frozen=True)
+class _Pool:
+    windows: np.ndarray  # [out, k] flat input indices, -1 for padding
+
+
+_Op = _Affine | _Relu | _Pool
+
+
+def _lower(net: Network) -> list[_Op]:
+    """The network as affine maps, ReLUs and max-pools over flat vectors."""
+    ops: list[_Op] = []
+    for i, layer in enumerate(net.layers):
+        if isinstance(layer, Dense):
+            op: _Op = _Affine(np.asarray(layer.weight, np.float64), np.asarray(layer.bias, float))
+        elif isinstance(layer, Scale):
+            op = _Affine(sp.diags(np.asarray(layer.a, np.float64)).tocsr(), np.asarray(layer.b))
+        elif isinstance(layer, Conv):
+            op = _Affine(_conv_matrix(layer), np.repeat(layer.bias, np.prod(layer.out_shape[1:])))
+        elif isinstance(layer, MaxPool):
+            op = _Pool(_pool_windows(layer))
+        elif isinstance(layer, Relu):
+            op = _Relu()
+        else:
+            raise UnsupportedModelError(
+                f"exact_radius needs a piecewise-linear network (Dense, Conv, Scale, Relu, "
+                f"MaxPool); layer {i} is {type(layer).__name__}"
+            )
+        prev = ops[-1] if ops else None
+        if isinstance(op, _Affine) and isinstance(prev, _Affine):
+            ops[-1] = _Affine(_as_matrix(op.matrix @ prev.matrix), op.matrix @ prev.bias + op.bias)
+        else:
+            ops.append(op)
+    return ops
+
+
+def _as_matrix(m) -> np.ndarray | sp.csr_matrix:
+    return m.tocsr() if sp.issparse(m) else np.asarray(m)
+
+
+def _conv_matrix(layer: Conv) -> sp.csr_matrix:
+    c, h, w = layer.in_shape
+    oc, oh, ow = layer.out_shape
+    _, _, kh, kw = layer.weight.shape
+    (sh, sw), (pt, pl) = layer.stride, layer.pads[:2]
+    o, i, a, b, r, s = np.meshgrid(
+        *(np.arange(k) for k in (oc, c, kh, kw, oh, ow)), indexing="ij", sparse=False
+    )
+    rows, cols = r * sh + a - pt, s * sw + b - pl
+    ok = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    out_idx = ((o * oh + r) * ow + s)[ok]
+    in_idx = ((i * h + rows) * w + cols)[ok]
+    vals = np.asarray(layer.weight, np.float64)[o, i, a, b][ok]
+    return sp.csr_matrix((vals, (out_idx, in_idx)), shape=(oc * oh * ow, c * h * w))
+
+
+def _pool_windows(layer: MaxPool) -> np.ndarray:
+    c, h, w = layer.in_shape
+    _, oh, ow = layer.out_shape
+    (kh, kw), (sh, sw), (pt, pl) = layer.kernel, layer.stride, layer.pads[:2]
+    ch, r, s, a, b = np.meshgrid(*(np.arange(k) for k in (c, oh, ow, kh, kw)), indexing="ij")
+    rows, cols = r * sh + a - pt, s * sw + b - pl
+    ok = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    idx = np.where(ok, (ch * h + rows) * w + cols, -1)
+    return idx.reshape(c * oh * ow, kh * kw)
+
+
+def _pos(m):
+    return m.maximum(0).tocsr() if sp.issparse(m) else np.maximum(m, 0.0)
+
+
+def _neg(m):
+    return m.minimum(0).tocsr() if sp.issparse(m) else np.minimum(m, 0.0)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _forward(ops: list[_Op], y: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Logits and the input of every op."""
+    v, inputs = y, []
+    for op in ops:
+        inputs.append(v)
+        if isinstance(op, _Affine):
+            v = op.matrix @ v + op.bias
+        elif isinstance(op, _Relu):
+            v = np.maximum(v, 0.0)
+        else:
+            v = np.where(op.windows >= 0, v[op.windows], -np.inf).max(axis=1)
+    return v, inputs
+
+
+def _margin_grad(ops: list[_Op], y: np.ndarray, label: int) -> tuple[float, int, np.ndarray]:
+    """max_j z_j - z_label at y, the maximising j, and the gradient (piecewise-linear net)."""
+    z, inputs = _forward(ops, y)
+    others = z.copy()
+    others[label] = -np.inf
+    j = int(np.argmax(others))
+    g = np.zeros_like(z)
+    g[j], g[label] = 1.0, -1.0
+    for op, v in zip(reversed(ops), reversed(inputs), strict=True):
+        if isinstance(op, _Affine):
+            g = op.matrix.T @ g
+        elif isinstance(op, _Relu):
+            g = g * (v > 0)
+        else:
+            vals = np.where(op.windows >= 0, v[op.windows], -np.inf)
+            win = op.windows[np.arange(len(g)), np.argmax(vals, axis=1)]
+            g = np.bincount(win, weights=g, minlength=v.size)
+    return float(z[j] - z[label]), j, np.asarray(g).reshape(-1)
+
+
+# ----------------------------------------------------------------------------- bounds
+
+
+@dataclass
+class _Sym:
+    """Linear lower/upper functions of the input y: al @ y + cl <= v <= au @ y + cu."""
+
+    al: np.ndarray
+    cl: np.ndarray
+    au: np.ndarray
+    cu: np.ndarray
+
+
+def _concretize(a: np.ndarray, c0: np.ndarray, mid: np.ndarray, rad: np.ndarray, upper: bool):
+    centre, spread = a @ mid, np.abs(a) @ rad
+    pad = _PAD * (1.0 + np.abs(a) @ np.abs(mid) + spread + np.abs(c0))
+    return centre + c0 + spread + pad if upper else centre + c0 - spread - pad
+
+
+def _bounds(ops: list[_Op], lo: np.ndarray, hi: np.ndarray):
+    """Sound (lower, upper) of every op's output over lo <= y <= hi, and the last
+    op's input as a linear relaxation (for pruning targets)."""
+    mid = 0.5 * (lo + hi)
+    rad = np.maximum(hi - mid, mid - lo)
+    n = lo.size
+    sym = _Sym(np.eye(n), np.zeros(n), np.eye(n), np.zeros(n))
+    il, iu = lo.copy(), hi.copy()
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    for op in ops:
+        before = sym
+        if isinstance(op, _Affine):
+            mp, mn, b = _pos(op.matrix), _neg(op.matrix), op.bias
+            sym = _Sym(
+                np.asarray(mp @ sym.al + mn @ sym.au),
+                mp @ sym.cl + mn @ sym.cu + b,
+                np.asarray(mp @ sym.au + mn @ sym.al),
+                mp @ sym.cu + mn @ sym.cl + b,
+            )
+            ipad = _PAD * (1.0 + abs(op.matrix) @ np.maximum(np.abs(il), np.abs(iu)) + abs(b))
+            l_int = mp @ il + mn @ iu + b - ipad
+            u_int = mp @ iu + mn @ il + b + ipad
+            lo_v = np.maximum(l_int, _concretize(sym.al, sym.cl, mid, rad, upper=False))
+            hi_v = np.minimum(u_int, _concretize(sym.au, sym.cu, mid, rad, upper=True))
+        elif isinstance(op, _Relu):
+            lb, ub = il, iu
+            dead, live = ub <= 0, lb >= 0
+            unstable = ~(dead | live)
+            slope = np.where(unstable, ub / np.where(unstable, ub - lb, 1.0), live.astype(float))
+            shift = np.where(unstable, -slope * lb, 0.0)
+            alpha = np.where(unstable, (ub >= -lb).astype(float), live.astype(float))
+            sym = _Sym(
+                sym.al * alpha[:, None],
+                sym.cl * alpha,
+                sym.au * slope[:, None],
+                sym.cu * slope + shift,
+            )
+            lo_v, hi_v = np.maximum(lb, 0.0), np.maximum(ub, 0.0)
+        else:
+            w = op.windows
+            lw = np.where(w >= 0, il[w], -np.inf)
+            uw = np.where(w >= 0, iu[w], -np.inf)
+            best = w[np.arange(len(w)), np.argmax(lw, axis=1)]
+            lo_v, hi_v = lw.max(axis=1), uw.max(axis=1)
+            sym = _Sym(
+                sym.al[best],
+                sym.cl[best],
+                np.zeros((len(w), n)),
+                hi_v.copy(),
+            )
+        out.append((lo_v, np.maximum(hi_v, lo_v)))
+        il, iu = out[-1]
+    return out, before
+
+
+# ----------------------------------------------------------------------------- MILP
+
+
+class _Program:
+    """Columns with bounds and integrality, and sparse rows lo <= A x <= hi."""
+
+    def __init__(self) -> None:
+        self.col_lo: list[np.ndarray] = []
+        self.col_hi: list[np.ndarray] = []
+        self.col_int: list[np.ndarray] = []
+        self.ncols = 0
+        self.r: list[np.ndarray] = []
+        self.c: list[np.ndarray] = []
+        self.v: list[np.ndarray] = []
+        self.row_lo: list[np.ndarray] = []
+        self.row_hi: list[np.ndarray] = []
+        self.nrows = 0
+
+    def cols(self, lo, hi, integer: bool = False) -> np.ndarray:
+        lo, hi = np.atleast_1d(np.asarray(lo, float)), np.atleast_1d(np.asarray(hi, float))
+        idx = np.arange(self.ncols, self.ncols + lo.size)
+        self.col_lo.append(lo)
+        self.col_hi.append(hi)
+        self.col_int.append(np.full(lo.size, 1 if integer else 0))
+        self.ncols += lo.size
+        return idx
+
+    def rows(self, r_local, cols, vals, lo, hi) -> None:
+        """Add len(lo) rows; entries (r_local[k], cols[k], vals[k]) with local row numbers."""
+        lo, hi = np.atleast_1d(np.asarray(lo, float)), np.atleast_1d(np.asarray(hi, float))
+        lo, hi = np.broadcast_arrays(lo, hi)
+        self.r.append(np.asarray(r_local) + self.nrows)
+        self.c.append(np.asarray(cols))
+        self.v.append(np.asarray(vals, float))
+        self.row_lo.append(lo)
+        self.row_hi.append(hi)
+        self.nrows += lo.size
+
+    def solve(self, objective_col: int, time_limit: float | None):
+        cost = np.zeros(self.ncols)
+        cost[objective_col] = 1.0
+        a = sp.csr_matrix(
+            (np.concatenate(self.v), (np.concatenate(self.r), np.concatenate(self.c))),
+            shape=(self.nrows, self.ncols),
+        )
+        options: dict = {"mip_rel_gap": _MIP_GAP}
+        if time_limit is not None:
+            options["time_limit"] = max(time_limit, 0.01)
+        return milp(
+            cost,
+            integrality=np.concatenate(self.col_int),
+            bounds=Bounds(np.concatenate(self.col_lo), np.concatenate(self.col_hi)),
+            constraints=LinearConstraint(
+                a, np.concatenate(self.row_lo), np.concatenate(self.row_hi)
+            ),
+            options=options,
+        )
+
+
+def _build(ops, bounds, x, lo, hi, t_lo, t_hi, label, target, kappa):
+    """min t s.t. |y - x| <= t, lo <= y <= hi, z_target - z_label >= kappa."""
+    p = _Program()
+    n = x.size
+    y = p.cols(lo, hi)
+    t = int(p.cols(t_lo, t_hi)[0])
+    k = np.arange(n)
+    p.rows(
+        np.r_[k, k], np.r_[y, np.full(n, t)], np.r_[np.ones(n), -np.ones(n)], np.full(n, -np.inf), x
+    )  # y - t <= x
+    p.rows(
+        np.r_[k, k], np.r_[y, np.full(n, t)], np.r_[np.ones(n), np.ones(n)], x, np.full(n, np.inf)
+    )  # y + t >= x
+    cur = y
+    zero = int(p.cols(0.0, 0.0)[0])
+    cur_lo, cur_hi = lo, hi
+    for op, (lb, ub) in zip(ops[:-1], bounds[:-1], strict=True):
+        if isinstance(op, _Affine):
+            cur = _affine_rows(p, op.matrix, op.bias, cur, lb, ub)
+        elif isinstance(op, _Relu):
+            cur = _relu_rows(p, cur, cur_lo, cur_hi, zero)
+        else:
+            cur = _pool_rows(p, op.windows, cur, cur_lo, cur_hi)
+        cur_lo, cur_hi = lb, ub
+    last = ops[-1]
+    if isinstance(last, _Affine):
+        m = last.matrix
+        row = (
+            np.asarray((m[target] - m[label]).todense()).ravel()
+            if sp.issparse(m)
+            else (m[target] - m[label])
+        )
+        nz = np.flatnonzero(row)
+        p.rows(
+            np.zeros(nz.size, int),
+            cur[nz],
+            row[nz],
+            kappa + last.bias[label] - last.bias[target],
+            np.inf,
+        )
+    else:
+        if isinstance(last, _Relu):
+            cur = _relu_rows(p, cur, cur_lo, cur_hi, zero)
+        else:
+            cur = _pool_rows(p, last.windows, cur, cur_lo, cur_hi)
+        p.rows([0, 0], [cur[target], cur[label]], [1.0, -1.0], kappa, np.inf)
+    return p, y, t
+
+
+def _affine_rows(p: _Program, m, b, cur, lb, ub) -> np.ndarray:
+    z = p.cols(lb, ub)
+    coo = sp.coo_matrix(m)
+    nout = m.shape[0]
+    p.rows(
+        np.r_[coo.row, np.arange(nout)],
+        np.r_[cur[coo.col], z],
+        np.r_[-coo.data, np.ones(nout)],
+        b,
+        b,
+    )  # z - M v = b
+    return z
+
+
+def _relu_rows(p: _Program, cur, lb, ub, zero: int) -> np.ndarray:
+    out = cur.copy()
+    out[ub <= 0] = zero
+    unstable = np.flatnonzero((lb < 0) & (ub > 0))
+    if unstable.size == 0:
+        return out
+    k = unstable.size
+    lu, uu, z = lb[unstable], ub[unstable], cur[unstable]
+    a = p.cols(np.zeros(k), uu)
+    d = p.cols(np.zeros(k), np.ones(k), integer=True)
+    r = np.arange(k)
+    p.rows(np.r_[r, r], np.r_[a, z], np.r_[np.ones(k), -np.ones(k)], 0.0 * lu, np.inf)  # a >= z
+    p.rows(
+        np.r_[r, r, r],
+        np.r_[a, z, d],
+        np.r_[np.ones(k), -np.ones(k), -lu],
+        np.full(k, -np.inf),
+        -lu,
+    )  # a <= z - l (1 - d)
+    p.rows(np.r_[r, r], np.r_[a, d], np.r_[np.ones(k), -uu], np.full(k, -np.inf), 0.0 * uu)
+    out[unstable] = a  # a <= ub d
+    return out
+
+
+def _pool_rows(p: _Program, windows, cur, lb, ub) -> np.ndarray:
+    out = np.empty(len(windows), dtype=np.int64)
+    for o, win in enumerate(windows):
+        win = win[win >= 0]
+        lw, uw = lb[win], ub[win]
+        top = int(np.argmax(lw))
+        if lw[top] >= np.max(np.delete(uw, top), initial=-np.inf):
+            out[o] = cur[win[top]]  # one input dominates: the max is that input
+            continue
+        cand = uw > lw[top]
+        cand[top] = True
+        win, lw, uw = win[cand], lw[cand], uw[cand]
+        k, big = win.size, float(uw.max())
+        m = int(p.cols(lw.max(), big)[0])
+        d = p.cols(np.zeros(k), np.ones(k), integer=True)
+        r = np.arange(k)
+        p.rows(
+            np.r_[r, r],
+            np.r_[np.full(k, m), cur[win]],
+            np.r_[np.ones(k), -np.ones(k)],
+            np.zeros(k),
+            np.inf,
+        )  # m >= v_i
+        p.rows(
+            np.r_[r, r, r],
+            np.r_[np.full(k, m), cur[win], d],
+            np.r_[np.ones(k), -np.ones(k), big - lw],
+            np.full(k, -np.inf),
+            big - lw,
+        )
+        p.rows(np.zeros(k, int), d, np.ones(k), 1.0, 1.0)  # m <= v_i + (U - l_i)(1 - d_i)
+        out[o] = m
+    return out
+
+
+# ----------------------------------------------------------------------------- attack
+
+
+def _pgd(ops, x, label, eps, lo, hi, steps: int = 40) -> np.ndarray | None:
+    """Sign-gradient ascent on max_j z_j - z_label in the clipped eps-ball; first success."""
+    blo, bhi = np.maximum(x - eps, lo), np.minimum(x + eps, hi)
+    y = x.copy()
+    for _ in range(steps):
+        margin, _, g = _margin_grad(ops, y, label)
+        if margin > 0:
+            return y
+        y = np.clip(y + (eps / 8) * np.sign(g), blo, bhi)
+    return y if _margin_grad(ops, y, label)[0] > 0 else None
+
+
+def _attack(ops, x, label, max_eps, lo, hi) -> np.ndarray | None:
+    """A small-distance adversarial point (PGD at bisected radii), or None."""
+    best = _pgd(ops, x, label, max_eps, lo, hi)
+    if best is None:
+        return None
+    low, high = 0.0, float(np.max(np.abs(best - x)))
+    for _ in range(6):
+        mid = 0.5 * (low + high)
+        adv = _pgd(ops, x, label, mid, lo, hi)
+        if adv is None:
+            low = mid
+        else:
+            best, high = adv, float(np.max(np.abs(adv - x)))
+    return best
+
+
+def _confirm(net, ops, x, y, t, label, lo, hi) -> np.ndarray | None:
+    """A point within t + 1e-6 of x near the solver point y that forward() classifies != label."""
+    for delta in (0.0, 1e-9, 1e-8, 1e-7, 3e-7, _NUDGE):
+        blo, bhi = np.maximum(x - (t + delta), lo), np.minimum(x + (t + delta), hi)
+        cand = np.clip(y, blo, bhi)
+        if delta:
+            cand = np.clip(cand + delta * np.sign(_margin_grad(ops, cand, label)[2]), blo, bhi)
+        if int(np.argmax(net.forward(cand))) != label:
+            return cand
+    return None
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def exact_radius(
+    net: Network,
+    x: np.ndarray,
+    max_eps: float = 0.256,
+    label: int | None = None,
+    lower_bracket: float | None = None,
+    upper_bracket: float | None = None,
+    time_limit: float | None = None,
+) -> ExactResult:
+    """The minimal L-infinity distance eps* from x to a point y in the input range whose
+    argmax differs from `label` (default: the prediction at x), by one MILP per target.
+
+    lower_bracket: a distance below which no adversarial point exists; it is trusted and
+    added as t >= lower_bracket, so leave it None when checking the method that produced
+    it. upper_bracket: a distance at which an adversarial point is believed to exist; it
+    sets the box for the big-M bounds (default: a built-in PGD attack, else max_eps); a
+    wrong guess only costs a second pass with max_eps.
+
+    Tolerance: HiGHS works with feasibility tolerances of about 1e-7 (1e-6 on
+    integrality), so its optimum may sit exactly on, or a hair short of, the decision
+    boundary. The returned adversarial point is therefore the solver point pushed by at
+    most 1e-6 along the sign of the margin gradient: it lies within radius + 1e-6 of x and
+    net.forward confirms argmax != label there; `radius` is the MILP optimum (relative gap
+    1e-7).
+    """
+    ops = _lower(net)
+    lo_in, hi_in = float(net.input_lower), float(net.input_upper)
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    pred = int(np.argmax(net.forward(x)))
+    label = pred if label is None else int(label)
+    if pred != label:
+        return ExactResult(0.0, x.copy(), pred, "misclassified")
+    start = time.monotonic()
+    t_lo = max(0.0, float(lower_bracket or 0.0))
+
+    adv, adv_t, adv_target = None, float(max_eps), None
+    if upper_bracket is None:
+        found = _attack(ops, x, label, max_eps, lo_in, hi_in)
+        if found is not None and int(np.argmax(net.forward(found))) != label:
+            adv, adv_t = found, float(np.max(np.abs(found - x)))
+            adv_target = int(np.argmax(net.forward(found)))
+        radius_box = adv_t
+    else:
+        radius_box = min(float(upper_bracket), float(max_eps))
+
+    while True:
+        result = _solve_targets(
+            net,
+            ops,
+            x,
+            label,
+            t_lo,
+            radius_box,
+            adv,
+            adv_t,
+            adv_target,
+            lo_in,
+            hi_in,
+            time_limit,
+            start,
+        )
+        if result.status != "beyond_max_eps" or radius_box >= max_eps:
+            return result
+        radius_box = float(max_eps)  # the upper bracket was too small: no adversarial within it
+
+
+def _solve_targets(
+    net, ops, x, label, t_lo, radius_box, adv, adv_t, adv_target, lo_in, hi_in, time_limit, start
+) -> ExactResult:
+    """One MILP per target with t <= the running best distance; returns the minimum."""
+    logits = net.forward(x)
+    order = sorted((j for j in range(int(net.n_outputs)) if j != label), key=lambda j: -logits[j])
+    if adv_target in order:  # the attack's class first: its MILP sets a tight best early
+        order.remove(adv_target)
+        order.insert(0, adv_target)
+    # best = (distance, confirmed point, target); t <= cap, with slack so the attack point fits
+    best = (adv_t, adv, adv_target) if adv is not None else (radius_box, None, None)
+    cap = radius_box * (1 + 1e-9) + 1e-12
+    status = "optimal"
+    box_r = lo = hi = bnds = before = None
+    for j in order:
+        if t_lo > cap:
+            break
+        if box_r is None or cap < 0.9 * box_r:  # tighter box, tighter big-M
+            box_r = cap
+            lo, hi = np.maximum(x - box_r, lo_in), np.minimum(x + box_r, hi_in)
+            bnds, before = _bounds(ops, lo, hi)
+        if _target_impossible(ops, bnds, before, lo, hi, j, label):
+            continue
+        remaining = None if time_limit is None else time_limit - (time.monotonic() - start)
+        if remaining is not None and remaining <= 0:
+            status = "time_limit"
+            break
+        found = None
+        for kappa in (0.0, 1e-6):  # retry with a margin if forward() disagrees at the optimum
+            res, t_col = _solve_one(ops, bnds, x, lo, hi, t_lo, cap, label, j, remaining, kappa)
+            if res.status == 1:
+                status = "time_limit"
+            elif res.status not in (0, 2):
+                raise RuntimeError(f"HiGHS failed on target {j}: {res.message}")
+            if res.x is None:
+                break  # infeasible: no adversarial of class j within the cap
+            t = float(res.x[t_col])
+            point = _confirm(net, ops, x, res.x[: x.size], t, label, lo_in, hi_in)
+            if point is not None:
+                found = (t, point)
+                break
+        else:
+            status = "unconfirmed"
+            t_raw = float(res.x[t_col])
+            if t_raw < best[0]:
+                best = (t_raw, None, j)
+        if found is not None and (best[1] is None or found[0] <= best[0]):
+            best = (found[0], found[1], j)
+            cap = min(cap, found[0])
+    radius, point, target = best
+    if status == "optimal" and point is None:
+        return ExactResult(radius_box, None, None, "beyond_max_eps")
+    return ExactResult(radius, point, target, status)
+
+
+def _target_impossible(ops, bnds, before, lo, hi, j, label) -> bool:
+    """Whether the linear relaxation already proves z_j < z_label over the box."""
+    last = ops[-1]
+    if not isinstance(last, _Affine):
+        lj, uj = bnds[-1][0], bnds[-1][1]
+        return bool(uj[j] < lj[label])
+    m = last.matrix
+    w = np.asarray((m[j] - m[label]).todense()).ravel() if sp.issparse(m) else m[j] - m[label]
+    wp, wn = np.maximum(w, 0.0), np.minimum(w, 0.0)
+    a = wp @ before.au + wn @ before.al
+    c0 = wp @ before.cu + wn @ before.cl + last.bias[j] - last.bias[label]
+    mid = 0.5 * (lo + hi)
+    rad = np.maximum(hi - mid, mid - lo)
+    return bool(_concretize(a[None, :], np.atleast_1d(c0), mid, rad, upper=True)[0] < 0)
+
+
+def _solve_one(ops, bnds, x, lo, hi, t_lo, t_hi, label, j, time_limit, kappa):
+    p, _, t = _build(ops, bnds, x, lo, hi, t_lo, t_hi, label, j, kappa)
+    return p.solve(t, time_limit), t

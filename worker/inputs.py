@@ -1,0 +1,76 @@
+"""Reading input arrays from files (.npy, .npz, a folder of PNG images) with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class InputFileError(ValueError):
+    """An input file is missing, unreadable, or does not fit the model."""
+
+
+def load_inputs(path: str | Path, input_size: int | None = None) -> np.ndarray:
+    """Inputs as float64 [N, input_size] in [0, 1]; uint8 arrays are scaled by 1/255."""
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(f"{path}: no such file or directory")
+    if path.is_dir():
+        arr = _load_png_dir(path)
+    elif path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            key = "x" if "x" in data.files else data.files[0]
+            arr = data[key]
+    else:
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise InputFileError(f"{path}: not a readable .npy array ({exc})") from None
+    return as_unit_batch(arr, input_size, str(path))
+
+
+def as_unit_batch(arr: np.ndarray, input_size: int | None, what: str = "inputs") -> np.ndarray:
+    """Check dtype, range and size of a batch; return float64 [N, input_size]."""
+    if arr.dtype == np.uint8:
+        arr = arr.astype(np.float64) / 255.0
+    elif np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float64)
+    else:
+        raise InputFileError(f"{what}: dtype {arr.dtype} is not supported (uint8 or float)")
+    if arr.ndim == 0 or arr.shape[0] == 0:
+        raise InputFileError(f"{what}: expected an array [N, ...] with N >= 1, got {arr.shape}")
+    flat = arr.reshape(arr.shape[0], -1)
+    if input_size is not None and flat.shape[1] != input_size:
+        if arr.size == input_size:
+            flat = arr.reshape(1, input_size)
+        else:
+            raise InputFileError(
+                f"{what}: items have {flat.shape[1]} values (shape {arr.shape[1:]}), "
+                f"the model expects {input_size}"
+            )
+    if not np.all(np.isfinite(flat)):
+        raise InputFileError(f"{what}: contains NaN or infinite values")
+    if flat.min() < 0.0 or flat.max() > 1.0:
+        raise InputFileError(
+            f"{what}: values must lie in [0, 1], found [{flat.min():.4g}, {flat.max():.4g}]"
+        )
+    return flat
+
+
+def _load_png_dir(path: Path) -> np.ndarray:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        raise InputFileError("reading PNG folders needs the pillow package") from None
+    files = sorted(path.glob("*.png"))
+    if not files:
+        raise InputFileError(f"{path}: no .png files in this folder")
+    imgs = []
+    for f in files:
+        with Image.open(f) as im:
+            imgs.append(np.asarray(im.convert("L"), dtype=np.uint8))
+    shapes = {im.shape for im in imgs}
+    if len(shapes) != 1:
+        raise InputFileError(f"{path}: images differ in size: {sorted(shapes)}")
+    return np.stack(imgs)
