@@ -77,5 +77,7 @@ def _route(path: str, metrics: Metrics) -> tuple[int, str, bytes]:
     if path.startswith("/healthz"):
         return (200, "text/plain", b"ok\n") if metrics.alive else (503, "text/plain", b"stopping\n")
     if path.startswith("/readyz"):
-        return (200, "text/plain", b"ready\n") if metrics.ready else (503, "text/plain", b"not ready\n")
+        if metrics.ready:
+            return 200, "text/plain", b"ready\n"
+        return 503, "text/plain", b"not ready\n"
     return 404, "text/plain", b"not found\n"
