@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from verifier.kernels import linf_box
+
 
 @dataclass(frozen=True)
 class InputBox:
@@ -21,14 +23,10 @@ class InputBox:
     @classmethod
     def linf(cls, x: np.ndarray, eps: float, lower: float = 0.0, upper: float = 1.0) -> InputBox:
         """The clipped L-infinity ball of radius eps around x (flattened)."""
-        x = np.asarray(x, dtype=np.float64).reshape(-1)
-        if eps < 0:
+        x = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
+        if not eps >= 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
-        lo = np.nextafter(x - eps, -np.inf) if eps > 0 else x.copy()
-        hi = np.nextafter(x + eps, np.inf) if eps > 0 else x.copy()
-        lo = np.clip(lo, lower, upper)
-        hi = np.clip(hi, lower, upper)
-        return cls(np.minimum(lo, x), np.maximum(hi, x))
+        return cls(*linf_box(x, float(eps), float(lower), float(upper)))
 
     def center_radius(self) -> tuple[np.ndarray, np.ndarray]:
         """Centre c and radius r with [c - r, c + r] containing [lower, upper] exactly."""

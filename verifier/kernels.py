@@ -39,6 +39,47 @@ def widen_up(x: float, n: int) -> float:
     return x * (1.0 + 2.0 * gamma(n)) + (n + 1) * TINY
 
 
+# ----------------------------------------------------------------------------- input box
+
+
+@njit(cache=True, nogil=True)
+def linf_box(x, eps, lower, upper):
+    """clip(x - eps) .. clip(x + eps) rounded outward (nextafter) before clipping."""
+    n = x.shape[0]
+    lo = np.empty(n)
+    hi = np.empty(n)
+    for i in range(n):
+        a = x[i] - eps
+        b = x[i] + eps
+        if eps > 0.0:
+            a = np.nextafter(a, -np.inf)
+            b = np.nextafter(b, np.inf)
+        lo[i] = min(max(a, lower), upper, x[i])
+        hi[i] = max(min(b, upper), lower, x[i])
+    return lo, hi
+
+
+@njit(cache=True, nogil=True)
+def box_to_csr(lo, hi):
+    """Centre, and one generator per input of non-zero width, enclosing [lo, hi] exactly."""
+    n = lo.shape[0]
+    c = np.empty(n)
+    ptr = np.empty(n + 1, dtype=np.int64)
+    idx = np.empty(n, dtype=np.int64)
+    val = np.empty(n)
+    p = 0
+    ptr[0] = 0
+    for i in range(n):
+        c[i] = 0.5 * (lo[i] + hi[i])
+        r = max(hi[i] - c[i], c[i] - lo[i])
+        if r > 0.0:
+            idx[p] = i
+            val[p] = np.nextafter(r, np.inf)
+            p += 1
+        ptr[i + 1] = p
+    return c, ptr, idx[:p].copy(), val[:p].copy()
+
+
 # ----------------------------------------------------------------------------- bounds
 
 

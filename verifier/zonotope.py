@@ -86,15 +86,8 @@ class Zonotope:
     @classmethod
     def from_box(cls, box: InputBox) -> Zonotope:
         """One generator per input with non-zero width."""
-        c, r = box.center_radius()
-        n = c.shape[0]
-        nz = np.flatnonzero(r)
-        counts = np.zeros(n + 1, np.int64)
-        counts[nz + 1] = 1
-        return cls(
-            c=c, beta=np.zeros(n), m=n,
-            indptr=np.cumsum(counts), idx=nz.astype(np.int64), val=r[nz].copy(),
-        )
+        c, ptr, idx, val = K.box_to_csr(box.lower, box.upper)
+        return cls(c=c, beta=np.zeros(c.shape[0]), m=c.shape[0], indptr=ptr, idx=idx, val=val)
 
     @property
     def is_dense(self) -> bool:
