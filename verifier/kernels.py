@@ -148,85 +148,122 @@ def dense_bounds(c, G, beta):
 
 @njit(cache=True, nogil=True)
 def csr_conv(c, indptr, idx, val, beta, rad, m, weight, bias, in_shape, out_shape, stride, pads):
-    """Convolution of a CSR zonotope: each output row gathers the rows in its window."""
+    """Convolution of a CSR zonotope.
+
+    All output channels at one position read the same input window, so the window's
+    generators are gathered once per position (their union gives the row pattern shared by
+    the channels) and each non-zero is applied to every channel in one contiguous loop.
+    """
     ci_n, h, w = in_shape[0], in_shape[1], in_shape[2]
     co_n, oh, ow = out_shape[0], out_shape[1], out_shape[2]
     kh, kw = weight.shape[2], weight.shape[3]
     sh, sw, pt, pl = stride[0], stride[1], pads[0], pads[1]
-    n_out = co_n * oh * ow
-    # upper bound of the output's non-zeros, to allocate once
-    cap = 0
+    npos = oh * ow
+    # the taps of each position: input neuron index and weight-column index
+    ntap = kh * kw * ci_n
+    tap_k = np.full((npos, ntap), -1, dtype=np.int64)
     for y in range(oh):
         for x in range(ow):
-            s = 0
+            t = 0
             for ky in range(kh):
                 iy = y * sh + ky - pt
-                if iy < 0 or iy >= h:
-                    continue
                 for kx in range(kw):
                     ix = x * sw + kx - pl
-                    if ix < 0 or ix >= w:
-                        continue
                     for ci in range(ci_n):
-                        k = (ci * h + iy) * w + ix
-                        s += indptr[k + 1] - indptr[k]
-            cap += min(s, m) * co_n
-    out_ptr = np.empty(n_out + 1, dtype=np.int64)
-    out_idx = np.empty(cap, dtype=np.int64)
-    out_val = np.empty(cap)
-    out_c = np.empty(n_out)
-    out_beta = np.empty(n_out)
-    acc = np.zeros(m)
+                        if 0 <= iy < h and 0 <= ix < w:
+                            tap_k[y * ow + x, t] = (ci * h + iy) * w + ix
+                        t += 1
+    wtap = np.empty((ntap, co_n))  # weight per tap, contiguous over output channels
+    for co in range(co_n):
+        t = 0
+        for ky in range(kh):
+            for kx in range(kw):
+                for ci in range(ci_n):
+                    wtap[t, co] = weight[co, ci, ky, kx]
+                    t += 1
+    # pass 1: size of the generator union of each position's window
     seen = np.full(m, -1, dtype=np.int64)
-    touched = np.empty(m, dtype=np.int64)
-    nt = kh * kw * ci_n + 1
-    g = gamma(nt)
-    p = 0
+    usize = np.zeros(npos, dtype=np.int64)
+    for pos in range(npos):
+        cnt = 0
+        for t in range(ntap):
+            k = tap_k[pos, t]
+            if k < 0:
+                continue
+            for q in range(indptr[k], indptr[k + 1]):
+                j = idx[q]
+                if seen[j] != pos:
+                    seen[j] = pos
+                    cnt += 1
+        usize[pos] = cnt
+    n_out = co_n * npos
+    out_ptr = np.empty(n_out + 1, dtype=np.int64)
     out_ptr[0] = 0
     for co in range(co_n):
-        for y in range(oh):
-            for x in range(ow):
-                o = (co * oh + y) * ow + x
-                nt_used = 0
-                cc = bias[co]
-                absc = abs(bias[co])
-                err = 0.0
-                bsum = 0.0
-                for ky in range(kh):
-                    iy = y * sh + ky - pt
-                    if iy < 0 or iy >= h:
-                        continue
-                    for kx in range(kw):
-                        ix = x * sw + kx - pl
-                        if ix < 0 or ix >= w:
-                            continue
-                        for ci in range(ci_n):
-                            wt = weight[co, ci, ky, kx]
-                            if wt == 0.0:
-                                continue
-                            k = (ci * h + iy) * w + ix
-                            aw = abs(wt)
-                            cc += wt * c[k]
-                            absc += aw * abs(c[k])
-                            err += aw * rad[k]
-                            bsum += aw * beta[k]
-                            for q in range(indptr[k], indptr[k + 1]):
-                                j = idx[q]
-                                if seen[j] != o:
-                                    seen[j] = o
-                                    touched[nt_used] = j
-                                    nt_used += 1
-                                    acc[j] = 0.0
-                                acc[j] += wt * val[q]
-                for t in range(nt_used):
-                    j = touched[t]
-                    out_idx[p] = j
-                    out_val[p] = acc[j]
-                    p += 1
-                out_ptr[o + 1] = p
-                out_c[o] = cc
-                out_beta[o] = (bsum + g * (absc + err)) * (1.0 + 2.0 * g) + nt * TINY
-    return out_c, out_ptr, out_idx[:p].copy(), out_val[:p].copy(), out_beta
+        for pos in range(npos):
+            o = co * npos + pos
+            out_ptr[o + 1] = out_ptr[o] + usize[pos]
+    out_idx = np.empty(out_ptr[n_out], dtype=np.int64)
+    out_val = np.empty(out_ptr[n_out])
+    out_c = np.empty(n_out)
+    out_beta = np.empty(n_out)
+    umax = 1
+    for pos in range(npos):
+        umax = max(umax, usize[pos])
+    buf = np.zeros((umax, co_n))
+    ids = np.empty(umax, dtype=np.int64)
+    slot = np.empty(m, dtype=np.int64)
+    seen[:] = -1
+    cc = np.empty(co_n)
+    absc = np.empty(co_n)
+    err = np.empty(co_n)
+    bsum = np.empty(co_n)
+    g = gamma(ntap + 1)
+    # pass 2: accumulate every channel of a position at once
+    for pos in range(npos):
+        nu = 0
+        for co in range(co_n):
+            cc[co] = bias[co]
+            absc[co] = abs(bias[co])
+            err[co] = 0.0
+            bsum[co] = 0.0
+        for t in range(ntap):
+            k = tap_k[pos, t]
+            if k < 0:
+                continue
+            ck = c[k]
+            ack = abs(ck)
+            rk = rad[k]
+            bk = beta[k]
+            for co in range(co_n):
+                wv = wtap[t, co]
+                aw = abs(wv)
+                cc[co] += wv * ck
+                absc[co] += aw * ack
+                err[co] += aw * rk
+                bsum[co] += aw * bk
+            for q in range(indptr[k], indptr[k + 1]):
+                j = idx[q]
+                if seen[j] != pos:
+                    seen[j] = pos
+                    slot[j] = nu
+                    ids[nu] = j
+                    for co in range(co_n):
+                        buf[nu, co] = 0.0
+                    nu += 1
+                sj = slot[j]
+                v = val[q]
+                for co in range(co_n):
+                    buf[sj, co] += wtap[t, co] * v
+        for co in range(co_n):
+            o = co * npos + pos
+            p0 = out_ptr[o]
+            for u in range(nu):
+                out_idx[p0 + u] = ids[u]
+                out_val[p0 + u] = buf[u, co]
+            out_c[o] = cc[co]
+            out_beta[o] = (bsum[co] + g * (absc[co] + err[co])) * (1.0 + 2.0 * g) + ntap * TINY
+    return out_c, out_ptr, out_idx, out_val, out_beta
 
 
 @njit(cache=True, nogil=True)
