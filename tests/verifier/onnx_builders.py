@@ -31,7 +31,7 @@ def mlp(rng: np.random.Generator, sizes=(12, 8, 8, 4), act="Relu", normalise=Tru
         cur = "d"
     nodes.append(helper.make_node("Flatten", [cur], ["f"]))
     cur = "f"
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         w = rng.normal(size=(a, b)) / np.sqrt(a)
         bias = rng.normal(size=b) * 0.1
         if i % 2 == 0:

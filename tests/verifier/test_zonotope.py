@@ -54,7 +54,7 @@ def _random_net(rng, kind, act):
     if kind == "dense":
         sizes = [6, 7, 5, 3]
         layers = []
-        for a, b in zip(sizes[:-1], sizes[1:]):
+        for a, b in zip(sizes[:-1], sizes[1:], strict=True):
             layers += [Dense(rng.normal(size=(b, a)), rng.normal(size=b)), act()]
         return _net(layers[:-1], (6,), 3)
     conv1 = Conv(rng.normal(size=(2, 1, 3, 3)), rng.normal(size=2) * 0.3, (1, 7, 7), (2, 7, 7), (1, 1), (1, 1, 1, 1))

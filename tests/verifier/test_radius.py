@@ -1,0 +1,76 @@
+"""Radius search: Algorithm 1 on its grid, the secant search never below it, the batch API."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from verifier.network import load_onnx
+from verifier.radius import bisect, certified_radii, grid_size, radius_result, secant
+from verifier.zonotope import ZonoNet, is_robust
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+@pytest.fixture(scope="module")
+def fnn():
+    return ZonoNet.of(load_onnx(MODELS / "fnn-3x30-relu.onnx"))
+
+
+@pytest.fixture(scope="module")
+def images():
+    data = np.load(MODELS / "mnist_test_1000.npz")
+    return data["x"].reshape(len(data["x"]), -1) / 255.0, data["y"]
+
+
+def test_grid_matches_algorithm_1():
+    # 0.256 halves 9 times before the width 0.0005 is below 0.001
+    assert grid_size(0.256, 0.001) == 512
+    assert grid_size(1.0, 0.3) == 4
+
+
+@pytest.mark.parametrize("root", [0.0, 0.0004, 0.0123, 0.1, 0.2555, 0.3])
+def test_searches_on_a_known_margin(root):
+    margin = lambda eps: (root - eps) * (1 + 40 * eps)  # noqa: E731  (decreasing, concave-ish)
+    low_b, calls_b = bisect(margin, 0.256, 0.001)
+    low_s, calls_s = secant(margin, 0.256, 0.001)
+    step = 0.256 / 512
+    assert low_b == low_s
+    assert low_b <= root and (root >= 0.256 - step or low_b + step >= root)
+    assert calls_b == 9
+
+
+def test_secant_at_least_bisect_with_fewer_passes(fnn, images):
+    xs, _ = images
+    s, b = [], []
+    for x in xs[:60]:
+        s.append(radius_result(fnn, x, search="secant"))
+        b.append(radius_result(fnn, x, search="bisect"))
+    assert all(a.radius >= c.radius for a, c in zip(s, b, strict=True))
+    assert np.mean([r.calls for r in s]) < np.mean([r.calls for r in b])
+
+
+def test_radius_is_certified_and_tight_on_the_grid(fnn, images):
+    xs, _ = images
+    step = 0.256 / 512
+    for x in xs[:10]:
+        r = radius_result(fnn, x)
+        assert r.radius == 0.0 or is_robust(fnn, x, r.radius, r.predicted)
+        assert not is_robust(fnn, x, r.radius + step, r.predicted)
+
+
+def test_batch_api_keeps_order_on_two_threads(fnn, images):
+    xs, _ = images
+    one = certified_radii(fnn, xs[:16], jobs=1)
+    two = certified_radii(fnn, xs[:16], jobs=2)
+    assert [r.radius for r in one] == [r.radius for r in two]
+    assert [r.predicted for r in one] == [int(np.argmax(fnn.net.forward(x))) for x in xs[:16]]
+
+
+def test_valid_inputs_have_larger_radii_than_misclassified(fnn, images):
+    xs, ys = images
+    res = certified_radii(fnn, xs[:300], jobs=2)
+    radii = np.array([r.radius for r in res])
+    ok = np.array([r.predicted for r in res]) == ys[:300]
+    assert (~ok).sum() >= 3
+    assert radii[ok].mean() > 2 * radii[~ok].mean()
