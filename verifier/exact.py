@@ -192,75 +192,102 @@ def _margin_grad(ops: list[_Op], y: np.ndarray, label: int) -> tuple[float, int,
 # ----------------------------------------------------------------------------- bounds
 
 
-@dataclass
-class _Sym:
-    """Linear lower/upper functions of the input y: al @ y + cl <= v <= au @ y + cu."""
+@dataclass(frozen=True)
+class _Relax:
+    """Linear relaxation of a ReLU or max-pool over its input bounds:
+    dl @ v + el <= op(v) <= du @ v + eu."""
 
-    al: np.ndarray
-    cl: np.ndarray
-    au: np.ndarray
-    cu: np.ndarray
+    dl: sp.csr_matrix
+    el: np.ndarray
+    du: sp.csr_matrix
+    eu: np.ndarray
 
 
-def _concretize(a: np.ndarray, c0: np.ndarray, mid: np.ndarray, rad: np.ndarray, upper: bool):
-    centre, spread = a @ mid, np.abs(a) @ rad
-    pad = _PAD * (1.0 + np.abs(a) @ np.abs(mid) + spread + np.abs(c0))
-    return centre + c0 + spread + pad if upper else centre + c0 - spread - pad
+def _relax(op: _Relu | _Pool, lb: np.ndarray, ub: np.ndarray) -> _Relax:
+    if isinstance(op, _Relu):
+        live, unstable = lb >= 0, (lb < 0) & (ub > 0)
+        slope = np.where(unstable, ub / np.where(unstable, ub - lb, 1.0), live.astype(float))
+        alpha = np.where(unstable, (ub >= -lb).astype(float), live.astype(float))
+        shift = np.where(unstable, -slope * lb, 0.0)
+        return _Relax(sp.diags(alpha).tocsr(), np.zeros(lb.size), sp.diags(slope).tocsr(), shift)
+    w = op.windows
+    n_out = len(w)
+    lw = np.where(w >= 0, lb[w], -np.inf)
+    uw = np.where(w >= 0, ub[w], -np.inf)
+    top = np.argmax(lw, axis=1)
+    best = w[np.arange(n_out), top]
+    others = uw.copy()
+    others[np.arange(n_out), top] = -np.inf
+    dominant = lw.max(axis=1) >= others.max(axis=1)
+    rows = np.arange(n_out)
+    select = sp.csr_matrix((np.ones(n_out), (rows, best)), shape=(n_out, lb.size))
+    upper = sp.csr_matrix(
+        (np.ones(dominant.sum()), (rows[dominant], best[dominant])), shape=(n_out, lb.size)
+    )
+    return _Relax(select, np.zeros(n_out), upper, np.where(dominant, 0.0, uw.max(axis=1)))
+
+
+def _backward(ops, relax, k, lam, const, mid, rad, upper: bool) -> np.ndarray:
+    """Bound of lam @ (input of op k) + const over the box |y - mid| <= rad.
+
+    Back-substitution through the linear relaxations of ops k-1 .. 0 (as in CROWN and
+    DeepPoly); the result is padded outward by a relative 1e-9 of the magnitudes summed.
+    """
+    mag = np.abs(const)
+    for i in range(k - 1, -1, -1):
+        op = ops[i]
+        if isinstance(op, _Affine):
+            mag = mag + np.abs(lam) @ np.abs(op.bias)
+            const = const + lam @ op.bias
+            lam = np.asarray((op.matrix.T @ lam.T).T)
+            continue
+        r = relax[i]
+        pos, neg = np.maximum(lam, 0.0), np.minimum(lam, 0.0)
+        (dp, ep), (dn, en) = ((r.du, r.eu), (r.dl, r.el)) if upper else ((r.dl, r.el), (r.du, r.eu))
+        mag = mag + pos @ np.abs(ep) - neg @ np.abs(en)
+        const = const + pos @ ep + neg @ en
+        lam = np.asarray((dp.T @ pos.T).T + (dn.T @ neg.T).T)
+    spread = np.abs(lam) @ rad
+    pad = _PAD * (1.0 + np.abs(lam) @ np.abs(mid) + spread + mag)
+    centre = lam @ mid + const
+    return centre + spread + pad if upper else centre - spread - pad
+
+
+def _dense(m) -> np.ndarray:
+    return m.toarray() if sp.issparse(m) else np.asarray(m)
 
 
 def _bounds(ops: list[_Op], lo: np.ndarray, hi: np.ndarray):
-    """Sound (lower, upper) of every op's output over lo <= y <= hi, and the last
-    op's input as a linear relaxation (for pruning targets)."""
+    """Sound (lower, upper) of every op's output over lo <= y <= hi (intervals intersected
+    with back-substituted linear bounds), and the relaxation of every nonlinear op."""
     mid = 0.5 * (lo + hi)
     rad = np.maximum(hi - mid, mid - lo)
-    n = lo.size
-    sym = _Sym(np.eye(n), np.zeros(n), np.eye(n), np.zeros(n))
     il, iu = lo.copy(), hi.copy()
     out: list[tuple[np.ndarray, np.ndarray]] = []
-    for op in ops:
-        before = sym
+    relax: list[_Relax | None] = []
+    for i, op in enumerate(ops):
         if isinstance(op, _Affine):
             mp, mn, b = _pos(op.matrix), _neg(op.matrix), op.bias
-            sym = _Sym(
-                np.asarray(mp @ sym.al + mn @ sym.au),
-                mp @ sym.cl + mn @ sym.cu + b,
-                np.asarray(mp @ sym.au + mn @ sym.al),
-                mp @ sym.cu + mn @ sym.cl + b,
-            )
             ipad = _PAD * (1.0 + abs(op.matrix) @ np.maximum(np.abs(il), np.abs(iu)) + abs(b))
-            l_int = mp @ il + mn @ iu + b - ipad
-            u_int = mp @ iu + mn @ il + b + ipad
-            lo_v = np.maximum(l_int, _concretize(sym.al, sym.cl, mid, rad, upper=False))
-            hi_v = np.minimum(u_int, _concretize(sym.au, sym.cu, mid, rad, upper=True))
+            lam = _dense(op.matrix)
+            lo_v = np.maximum(
+                mp @ il + mn @ iu + b - ipad, _backward(ops, relax, i, lam, b, mid, rad, False)
+            )
+            hi_v = np.minimum(
+                mp @ iu + mn @ il + b + ipad, _backward(ops, relax, i, lam, b, mid, rad, True)
+            )
+            relax.append(None)
         elif isinstance(op, _Relu):
-            lb, ub = il, iu
-            dead, live = ub <= 0, lb >= 0
-            unstable = ~(dead | live)
-            slope = np.where(unstable, ub / np.where(unstable, ub - lb, 1.0), live.astype(float))
-            shift = np.where(unstable, -slope * lb, 0.0)
-            alpha = np.where(unstable, (ub >= -lb).astype(float), live.astype(float))
-            sym = _Sym(
-                sym.al * alpha[:, None],
-                sym.cl * alpha,
-                sym.au * slope[:, None],
-                sym.cu * slope + shift,
-            )
-            lo_v, hi_v = np.maximum(lb, 0.0), np.maximum(ub, 0.0)
+            relax.append(_relax(op, il, iu))
+            lo_v, hi_v = np.maximum(il, 0.0), np.maximum(iu, 0.0)
         else:
+            relax.append(_relax(op, il, iu))
             w = op.windows
-            lw = np.where(w >= 0, il[w], -np.inf)
-            uw = np.where(w >= 0, iu[w], -np.inf)
-            best = w[np.arange(len(w)), np.argmax(lw, axis=1)]
-            lo_v, hi_v = lw.max(axis=1), uw.max(axis=1)
-            sym = _Sym(
-                sym.al[best],
-                sym.cl[best],
-                np.zeros((len(w), n)),
-                hi_v.copy(),
-            )
+            lo_v = np.where(w >= 0, il[w], -np.inf).max(axis=1)
+            hi_v = np.where(w >= 0, iu[w], -np.inf).max(axis=1)
         out.append((lo_v, np.maximum(hi_v, lo_v)))
         il, iu = out[-1]
-    return out, before
+    return out, relax
 
 
 # ----------------------------------------------------------------------------- MILP
@@ -569,15 +596,15 @@ def _solve_targets(
     best = (adv_t, adv, adv_target) if adv is not None else (radius_box, None, None)
     cap = radius_box * (1 + 1e-9) + 1e-12
     status = "optimal"
-    box_r = lo = hi = bnds = before = None
+    box_r = lo = hi = bnds = relax = None
     for j in order:
         if t_lo > cap:
             break
         if box_r is None or cap < 0.9 * box_r:  # tighter box, tighter big-M
             box_r = cap
             lo, hi = np.maximum(x - box_r, lo_in), np.minimum(x + box_r, hi_in)
-            bnds, before = _bounds(ops, lo, hi)
-        if _target_impossible(ops, bnds, before, lo, hi, j, label):
+            bnds, relax = _bounds(ops, lo, hi)
+        if _target_impossible(ops, bnds, relax, lo, hi, j, label):
             continue
         remaining = None if time_limit is None else time_limit - (time.monotonic() - start)
         if remaining is not None and remaining <= 0:
@@ -611,20 +638,17 @@ def _solve_targets(
     return ExactResult(radius, point, target, status)
 
 
-def _target_impossible(ops, bnds, before, lo, hi, j, label) -> bool:
+def _target_impossible(ops, bnds, relax, lo, hi, j, label) -> bool:
     """Whether the linear relaxation already proves z_j < z_label over the box."""
     last = ops[-1]
     if not isinstance(last, _Affine):
-        lj, uj = bnds[-1][0], bnds[-1][1]
-        return bool(uj[j] < lj[label])
+        return bool(bnds[-1][1][j] < bnds[-1][0][label])
     m = last.matrix
-    w = np.asarray((m[j] - m[label]).todense()).ravel() if sp.issparse(m) else m[j] - m[label]
-    wp, wn = np.maximum(w, 0.0), np.minimum(w, 0.0)
-    a = wp @ before.au + wn @ before.al
-    c0 = wp @ before.cu + wn @ before.cl + last.bias[j] - last.bias[label]
+    w = _dense(m[[j]] - m[[label]])
     mid = 0.5 * (lo + hi)
     rad = np.maximum(hi - mid, mid - lo)
-    return bool(_concretize(a[None, :], np.atleast_1d(c0), mid, rad, upper=True)[0] < 0)
+    const = np.atleast_1d(last.bias[j] - last.bias[label])
+    return bool(_backward(ops, relax, len(ops) - 1, w, const, mid, rad, True)[0] < 0)
 
 
 def _solve_one(ops, bnds, x, lo, hi, t_lo, t_hi, label, j, time_limit, kappa):

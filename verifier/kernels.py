@@ -674,3 +674,32 @@ def margins_rows(c, G, beta, label):
         total = total * (1.0 + 2.0 * U)
         res[j] = centre - total - (abs(centre) + total) * 2.0 * U - TINY
     return res
+
+
+# ----------------------------------------------------------------------------- fused chains
+
+
+@njit(cache=True, nogil=True)
+def dense_chain_margins(lo, hi, weights, wts, aws, biases, kinds, last_w, last_b, label):
+    """A whole pass through Dense/activation pairs, then the property, in one call.
+
+    The same kernels as the layer-by-layer path, composed here so that a pass over a small
+    fully connected network pays one dispatch and never holds the GIL.
+    kinds[i] is the activation after dense layer i (0 ReLU, 1 sigmoid, 2 tanh, -1 none).
+    """
+    c, ptr, idx, val = box_to_csr(lo, hi)
+    beta = np.zeros(c.shape[0])
+    _, _, rad = csr_bounds(c, ptr, val, beta)
+    c, G, beta = csr_to_dense_affine(
+        c, ptr, idx, val, beta, rad, c.shape[0], wts[0], aws[0], biases[0]
+    )
+    for i in range(len(weights)):
+        if i > 0:
+            _, _, rad = dense_bounds(c, G, beta)
+            c, G, beta = dense_affine(c, G, beta, rad, weights[i], wts[i], aws[i], biases[i])
+        if kinds[i] >= 0:
+            lw, up, rad = dense_bounds(c, G, beta)
+            lam, mu, nu = relaxation(kinds[i], lw, up)
+            c, G, beta = dense_activation(c, G, beta, rad, lam, mu, nu)
+    _, _, rad = dense_bounds(c, G, beta)
+    return margins_dense_last(c, G, beta, rad, last_w, last_b, label)

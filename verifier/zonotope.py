@@ -34,6 +34,7 @@ class ZonoNet:
     net: Network
     steps: tuple[_Prepared, ...]
     last: Dense | None  # a final dense layer is applied together with the property
+    chain: tuple | None = None  # arguments of the fused kernel for Dense/activation chains
 
     @classmethod
     def of(cls, net: Network | ZonoNet) -> ZonoNet:
@@ -42,7 +43,26 @@ class ZonoNet:
             return net
         layers = list(net.layers)
         last = layers.pop() if layers and isinstance(layers[-1], Dense) else None
-        return cls(net, tuple(_prepare(layer) for layer in layers), last)
+        steps = tuple(_prepare(layer) for layer in layers)
+        return cls(net, steps, last, _chain(steps, last))
+
+
+def _chain(steps: tuple[_Prepared, ...], last: Dense | None) -> tuple | None:
+    """Dense (activation) Dense (activation) ... Dense: the form the fused kernel takes."""
+    if last is None or not steps or not isinstance(steps[0].layer, Dense):
+        return None
+    dense, kinds = [], []
+    for step in steps:
+        if isinstance(step.layer, Dense):
+            dense.append(step.arrays)
+            kinds.append(-1)
+        elif type(step.layer) in _ACT_KIND and kinds[-1] == -1:
+            kinds[-1] = _ACT_KIND[type(step.layer)]
+        else:
+            return None
+    w, wt, aw, b = (tuple(a[i] for a in dense) for i in range(4))
+    last_w = np.ascontiguousarray(last.weight, dtype=np.float64)
+    return w, wt, aw, b, np.array(kinds, np.int64), last_w, np.asarray(last.bias, np.float64)
 
 
 def _prepare(layer) -> _Prepared:
@@ -180,6 +200,11 @@ def margins(net: Network | ZonoNet, x: np.ndarray, eps: float, label: int) -> np
     """Sound lower bounds of z_label - z_j over the clipped eps-ball around x (inf at label)."""
     znet = ZonoNet.of(net)
     box = InputBox.linf(x, eps, znet.net.input_lower, znet.net.input_upper)
+    if znet.chain is not None:
+        w, wt, aw, b, kinds, last_w, last_b = znet.chain
+        return K.dense_chain_margins(
+            box.lower, box.upper, w, wt, aw, b, kinds, last_w, last_b, label
+        )
     z = propagate(znet, box)
     if not z.is_dense:
         z = _densify(z)
