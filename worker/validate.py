@@ -1,0 +1,213 @@
+"""Accept or reject an input from its certified radius: by threshold, or by distribution.
+
+`DistributionValidator` is Algorithm 2: a window Q of the s radii believed valid; a new radius
+r forms Q' = Q + [r] and is accepted iff Q'[s] >= sigma0 or
+pvalue(Q'[0:s]) - pvalue(Q'[1:s+1]) <= sigma1 (pvalue: D'Agostino-Pearson normality test).
+Acceptance slides the window (drops Q'[0]); rejection drops r. The window state is plain data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+import msgpack
+import numpy as np
+from scipy import stats
+
+__all__ = [
+    "MIN_WINDOW",
+    "Decision",
+    "DistributionValidator",
+    "ThresholdValidator",
+    "WindowState",
+    "normality_pvalue",
+    "replay",
+]
+
+MIN_WINDOW = 8  # the normality test needs at least 8 values
+_STATE_VERSION = 1
+
+
+def normality_pvalue(radii: Sequence[float] | np.ndarray) -> float:
+    """p-value of scipy.stats.normaltest on the radii; NaN when they are all equal."""
+    a = np.asarray(radii, dtype=np.float64)
+    if a.size < MIN_WINDOW:
+        raise ValueError(f"the normality test needs at least {MIN_WINDOW} values, got {a.size}")
+    if a.min() == a.max():
+        return math.nan  # zero variance: the test is undefined (scipy would also return NaN)
+    return float(stats.normaltest(a).pvalue)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a validator decided for one radius and why; pvalue is that of Q'[1:s+1] (the window
+    with the new radius in) and drop is p(Q'[0:s]) - pvalue, for the distribution rule only.
+    """
+
+    verdict: str
+    rule: str
+    reason: str
+    pvalue: float | None = None
+    drop: float | None = None
+
+
+_NO_RADIUS = Decision("invalid", "no-radius", "no certified radius: the input is invalid")
+
+
+@dataclass(frozen=True)
+class WindowState:
+    """Algorithm 2's window for one stream, with the number of radii stepped and the last
+    input offset; pvalue caches normality_pvalue(radii) (None: not computed yet).
+    """
+
+    radii: tuple[float, ...]
+    count: int = 0
+    last_offset: int = -1
+    pvalue: float | None = None
+
+    def to_bytes(self) -> bytes:
+        """msgpack encoding (float64 exact), used as a changelog value."""
+        return msgpack.packb(
+            {
+                "v": _STATE_VERSION,
+                "radii": [float(r) for r in self.radii],
+                "count": int(self.count),
+                "last_offset": int(self.last_offset),
+                "pvalue": None if self.pvalue is None else float(self.pvalue),
+            },
+            use_bin_type=True,
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> WindowState:
+        """Inverse of to_bytes; ValueError on anything else."""
+        try:
+            obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        except Exception as exc:
+            raise ValueError(f"window state is not valid msgpack: {exc}") from None
+        if not isinstance(obj, dict) or obj.get("v") != _STATE_VERSION:
+            raise ValueError(f"window state must be a map with v={_STATE_VERSION}")
+        radii, count, last = obj.get("radii"), obj.get("count"), obj.get("last_offset")
+        pvalue = obj.get("pvalue")
+        if not isinstance(radii, list) or not all(type(r) is float for r in radii):
+            raise ValueError("window state 'radii' must be an array of floats")
+        if type(count) is not int or type(last) is not int:
+            raise ValueError("window state 'count' and 'last_offset' must be integers")
+        if pvalue is not None and type(pvalue) is not float:
+            raise ValueError("window state 'pvalue' must be a float or nil")
+        return cls(tuple(radii), count, last, pvalue)
+
+
+@dataclass(frozen=True)
+class ThresholdValidator:
+    """Accept iff radius >= threshold: stateless, rule "threshold"."""
+
+    threshold: float
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.threshold):
+            raise ValueError(f"threshold must be finite, got {self.threshold}")
+
+    def check(self, radius: float | None) -> Decision:
+        """The decision for one radius (None: the input was invalid)."""
+        if radius is None:
+            return _NO_RADIUS
+        radius = _checked(radius)
+        if radius >= self.threshold:
+            return Decision("accept", "threshold", f"radius {radius:.6g} >= {self.threshold:.6g}")
+        return Decision("reject", "threshold", f"radius {radius:.6g} < {self.threshold:.6g}")
+
+    def step(
+        self, state: WindowState | None, radius: float | None, offset: int | None = None
+    ) -> tuple[Decision, WindowState | None]:
+        """Same signature as DistributionValidator.step; the state passes through unchanged."""
+        return self.check(radius), state
+
+
+@dataclass(frozen=True)
+class DistributionValidator:
+    """Algorithm 2 with window size s; `step` is pure and makes one normality test per call."""
+
+    sigma0: float
+    sigma1: float
+    s: int
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.sigma0) and math.isfinite(self.sigma1)):
+            raise ValueError("sigma0 and sigma1 must be finite")
+        if isinstance(self.s, bool) or not isinstance(self.s, int) or self.s < MIN_WINDOW:
+            raise ValueError(f"window size s must be an integer >= {MIN_WINDOW}, got {self.s!r}")
+
+    def initial_state(self, seed_window: Sequence[float]) -> WindowState:
+        """The state before any input: the seed window (s radii) and its p-value."""
+        radii = tuple(_checked(r) for r in seed_window)
+        if len(radii) != self.s:
+            raise ValueError(f"seed window has {len(radii)} radii, the window size is {self.s}")
+        return WindowState(radii, 0, -1, normality_pvalue(radii))
+
+    def step(
+        self, state: WindowState, radius: float | None, offset: int | None = None
+    ) -> tuple[Decision, WindowState]:
+        """Decide one radius and return the next state; radius None leaves the state as is.
+
+        p(Q'[0:s]) is the state's cached p-value and p(Q'[1:s+1]) is computed once; it is also
+        the cached p-value of the next state when r is accepted (the window becomes Q'[1:s+1]).
+        """
+        if radius is None:
+            return _NO_RADIUS, state
+        r = _checked(radius)
+        if len(state.radii) != self.s:
+            raise ValueError(f"window has {len(state.radii)} radii, the window size is {self.s}")
+        p_old = normality_pvalue(state.radii) if state.pvalue is None else state.pvalue
+        slid = state.radii[1:] + (r,)
+        p_new = normality_pvalue(slid)
+        drop = p_old - p_new
+        last = state.last_offset if offset is None else int(offset)
+        if r >= self.sigma0:
+            decision = Decision(
+                "accept", "sigma0", f"radius {r:.6g} >= sigma0 {self.sigma0:.6g}", p_new, drop
+            )
+        elif drop <= self.sigma1:
+            decision = Decision(
+                "accept",
+                "pvalue",
+                f"radius {r:.6g} < sigma0 {self.sigma0:.6g}, but the window's normality p-value "
+                f"drops by {drop:.4g} <= sigma1 {self.sigma1:.4g} ({p_old:.4g} -> {p_new:.4g})",
+                p_new,
+                drop,
+            )
+        else:
+            reason = (
+                f"radius {r:.6g} < sigma0 {self.sigma0:.6g}, and the window's normality p-value "
+                + (
+                    f"would drop by {drop:.4g} > sigma1 {self.sigma1:.4g} "
+                    f"({p_old:.4g} -> {p_new:.4g})"
+                    if not math.isnan(drop)
+                    else f"is undefined ({p_old:.4g} -> {p_new:.4g})"
+                )
+            )
+            decision = Decision("reject", "pvalue-drop", reason, p_new, drop)
+            return decision, replace(state, count=state.count + 1, last_offset=last, pvalue=p_old)
+        return decision, WindowState(slid, state.count + 1, last, p_new)
+
+
+def replay(
+    validator: DistributionValidator | ThresholdValidator,
+    state: WindowState | None,
+    radii: Iterable[float],
+) -> tuple[list[Decision], WindowState | None]:
+    """Step a sequence of radii in order; the decisions and the final state."""
+    decisions = []
+    for r in radii:
+        decision, state = validator.step(state, r)  # type: ignore[arg-type]
+        decisions.append(decision)
+    return decisions, state
+
+
+def _checked(radius: float) -> float:
+    r = float(radius)
+    if not (math.isfinite(r) and r >= 0.0):
+        raise ValueError(f"a radius must be a finite number >= 0, got {radius!r}")
+    return r
