@@ -293,6 +293,8 @@ def roc_curve(
     return points, auc
 
 
+SIGMA0_FACTOR = 4.0
+
 def calibrate(
     net: Network,
     x_valid: np.ndarray,
@@ -314,12 +316,13 @@ def calibrate(
 
     The valid radii are those of correctly classified inputs, in input order. The threshold is
     sorted(radii)[k] with k the largest integer such that k / n <= max_false_alarm, i.e. the
-    largest t with #{r < t} / n <= max_false_alarm (`false_alarm_threshold`); sigma0 defaults
-    to it. The seed window is the first `window_size` valid radii; sigma1 is the first value of
+    largest t with #{r < t} / n <= max_false_alarm (`false_alarm_threshold`). sigma0 defaults
+    to the same rule at SIGMA0_FACTOR x max_false_alarm: as in the paper, sigma0 sits above
+    the threshold, so the radius test alone is strict and the p-value test admits the rest.
+    The seed window is the first `window_size` valid radii; sigma1 is the first value of
     `sigma1_grid` (ascending) for which Algorithm 2, replayed from the seed window over the
     remaining valid radii, rejects at most max_false_alarm of them (if none does, the value
-    with the fewest rejections). Algorithm 2 accepts every radius >= sigma0, so with sigma0 =
-    threshold the smallest tolerance qualifies whenever the threshold alone does on those radii.
+    with the fewest rejections).
     Each attack set is scored against the result.
     """
     settings = VerifierSettings(up, tol, search)
@@ -344,7 +347,13 @@ def calibrate(
             f"window_size + 1 = {window_size + 1}"
         )
     threshold = false_alarm_threshold(radii, max_false_alarm)
-    s0 = threshold if sigma0 is None else float(sigma0)
+    # As in the paper (sigma0 = 0.014 above a 3 % threshold of 0.010): the radius test alone
+    # would reject about 4x the target, and the p-value test must rescue the rest.
+    s0 = (
+        false_alarm_threshold(radii, min(0.5, SIGMA0_FACTOR * max_false_alarm))
+        if sigma0 is None
+        else float(sigma0)
+    )
     seed = tuple(float(r) for r in radii[:window_size])
     rest = radii[window_size:]
     best: tuple[float, float] | None = None  # (false alarm, sigma1)

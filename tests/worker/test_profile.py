@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from verifier.network import Dense, Network, Relu, load_onnx
 from verifier.radius import certified_radii
 from worker.profile import (
-    SIGMA1_GRID,
+    SIGMA0_FACTOR,
     Profile,
     ProfileError,
     calibrate,
@@ -128,13 +128,13 @@ def test_calibrate_follows_its_documented_rules(tiny, tiny_profile) -> None:
     radii = _valid_radii(net, x, labels)
     cal = p.calibration
     assert (cal.n, cal.n_inputs) == (228, 240) and cal.accuracy == 228 / 240
-    assert p.threshold == false_alarm_threshold(radii, 0.05) == p.sigma0
+    assert p.threshold == false_alarm_threshold(radii, 0.05)
+    assert p.sigma0 == false_alarm_threshold(radii, min(0.5, SIGMA0_FACTOR * 0.05))
     assert cal.false_alarm_measured == np.mean(radii < p.threshold) <= 0.05
     assert p.seed_window == tuple(radii[:20])
     assert p.window_size == 20 and p.model_sha256 == "ab" * 32 and p.name == "tiny"
     assert cal.mean_radius == pytest.approx(radii.mean())
-    # With sigma0 = threshold the smallest tolerance on the grid already qualifies.
-    assert p.sigma1 == SIGMA1_GRID[0]
+    # sigma1 is the smallest grid value whose replay keeps the false alarm within the target
     v = DistributionValidator(p.sigma0, p.sigma1, 20)
     decisions, _ = replay(v, v.initial_state(p.seed_window), radii[20:].tolist())
     fa = sum(d.verdict == "reject" for d in decisions) / len(decisions)
