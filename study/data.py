@@ -31,7 +31,7 @@ PKL_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 
 @dataclass(frozen=True)
 class MnistData:
-    """MNIST split into 60k train (train+valid) and 10k test; images float32 [N,1,28,28] in [0,1]."""
+    """MNIST as 60k train (train+valid) and 10k test; images float32 [N,1,28,28] in [0,1]."""
 
     train_x: np.ndarray
     train_y: np.ndarray

@@ -50,7 +50,7 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 1000) 
 
 
 def train(spec: NetSpec, data: MnistData, epochs: int, seed: int) -> tuple[nn.Module, float]:
-    """Train ``spec`` with Adam (lr 1e-3, batch 128) deterministically; returns (model, test acc)."""
+    """Train ``spec`` reproducibly with Adam (lr 1e-3, batch 128); returns (model, test acc)."""
     _setup_torch(seed)
     model = spec.build()
     opt = torch.optim.Adam(model.parameters(), lr=LR)

@@ -68,7 +68,7 @@ def secant(margin: Callable[[float], float], up: float, tol: float) -> tuple[flo
     if probes[0] <= 0:
         return 0.0, 1
     lo, hi = 0, n
-    guess = max(1, min(n - 1, round(n / 32)))
+    guess = max(1, min(n - 1, round(n / 16)))
     stalls = 0
     while hi - lo > 1:
         k = min(max(guess, lo + 1), hi - 1)
@@ -79,26 +79,34 @@ def secant(margin: Callable[[float], float], up: float, tol: float) -> tuple[flo
         else:
             hi = k
         stalls = stalls + 1 if (hi - lo) * 2 > width else 0
-        guess = (lo + hi) // 2 if stalls >= 3 else _chord_guess(probes, lo, hi)
+        guess = (lo + hi) // 2 if stalls >= 3 else _model_guess(probes, lo, hi)
     return up * lo / n, len(probes)
 
 
-def _chord_guess(probes: dict[int, float], lo: int, hi: int) -> int:
-    """The grid point just below where the margin's chord crosses zero.
+def _model_guess(probes: dict[int, float], lo: int, hi: int) -> int:
+    """The grid point just below where a model of the margin crosses zero.
 
-    The margin falls faster than linearly in eps, so a chord through two robust points
-    overshoots the root (finding an upper end) and a chord across the bracket undershoots
-    it (moving the lower end up); a root within one step of lo asks for lo + 1 directly.
+    The certified margin falls smoothly and faster than linearly with eps: a parabola through
+    the three probes nearest the bracket usually lands within a grid step of the root, so the
+    search ends with the two probes lo, lo + 1. Before any probe has failed, the line through
+    the two largest robust probes overshoots, which is what is wanted to find an upper end.
     """
-    m_lo = probes[lo]
-    if hi in probes:
-        root = lo + (hi - lo) * m_lo / (m_lo - probes[hi])
-    else:
+    if hi not in probes:
         below = max(k for k in probes if k < lo) if lo > 0 else None
-        if below is None or probes[below] <= m_lo:
+        if below is None or probes[below] <= probes[lo]:
             return 2 * lo
-        root = lo + (lo - below) * m_lo / (probes[below] - m_lo)
-        root = min(root, 4.0 * lo)
+        root = lo + (lo - below) * probes[lo] / (probes[below] - probes[lo])
+        return min(math.ceil(root), 4 * lo)
+    near = sorted(probes, key=lambda k: (0 if k in (lo, hi) else min(abs(k - lo), abs(k - hi))))
+    ks = np.array(near[:3], dtype=np.float64)
+    root = None
+    if len(ks) == 3:
+        a, b, c = np.polyfit(ks, [probes[int(k)] for k in ks], 2)
+        roots = np.roots([a, b, c]) if a != 0 else np.array([-c / b])
+        inside = [r.real for r in roots if abs(r.imag) < 1e-12 and lo < r.real < hi]
+        root = inside[0] if len(inside) == 1 else None
+    if root is None:  # the chord across the bracket
+        root = lo + (hi - lo) * probes[lo] / (probes[lo] - probes[hi])
     k = math.floor(root)
     return k if k > lo else lo + 1
 
