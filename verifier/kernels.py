@@ -282,6 +282,13 @@ def csr_scale(c, indptr, val, beta, rad, a, b):
     return out_c, out_val, out_beta
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _axpy(a, x, y):
+    """y += a x on contiguous vectors (a loop LLVM vectorises)."""
+    for i in range(x.shape[0]):
+        y[i] += a * x[i]
+
+
 @njit(cache=True, nogil=True)
 def csr_to_dense_affine(c, indptr, idx, val, beta, rad, m, wt_t, aw, bias):
     """Dense layer applied to a CSR zonotope, giving a dense one over the used generators.
@@ -298,11 +305,9 @@ def csr_to_dense_affine(c, indptr, idx, val, beta, rad, m, wt_t, aw, bias):
             mu += 1
     gt = np.zeros((mu, n_out))
     for k in range(n_in):
+        wrow = wt_t[k]
         for q in range(indptr[k], indptr[k + 1]):
-            v = val[q]
-            row = col[idx[q]]
-            for i in range(n_out):
-                gt[row, i] += v * wt_t[k, i]
+            _axpy(val[q], wrow, gt[col[idx[q]]])
     out_c, out_beta = _affine_centre(c, beta, rad, wt_t, aw, bias)
     return out_c, np.ascontiguousarray(gt.T), out_beta
 

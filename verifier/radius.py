@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from verifier.blas import single_threaded
+from verifier.runtime import single_threaded
 from verifier.network import Network
 from verifier.zonotope import ZonoNet, robustness_margin
 

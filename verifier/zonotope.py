@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from verifier import kernels as K
-from verifier.blas import single_threaded
+from verifier.runtime import single_threaded
 from verifier.box import InputBox
 from verifier.network import Conv, Dense, MaxPool, Network, Relu, Scale, Sigmoid, Tanh
 
