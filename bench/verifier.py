@@ -17,10 +17,10 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from verifier.runtime import single_threaded  # noqa: E402
 from verifier.box import InputBox  # noqa: E402
 from verifier.network import Conv, Dense, MaxPool, load_onnx  # noqa: E402
 from verifier.radius import certified_radii, radius_result  # noqa: E402
+from verifier.runtime import single_threaded  # noqa: E402
 from verifier.zonotope import ZonoNet, Zonotope, _apply, is_robust  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from verifier.runtime import single_threaded
 from verifier.network import Network
+from verifier.runtime import single_threaded
 from verifier.zonotope import ZonoNet, robustness_margin
 
 SEARCHES = ("bisect", "secant")

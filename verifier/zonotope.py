@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from verifier import kernels as K
-from verifier.runtime import single_threaded
 from verifier.box import InputBox
 from verifier.network import Conv, Dense, MaxPool, Network, Relu, Scale, Sigmoid, Tanh
+from verifier.runtime import single_threaded
 
 _ACT_KIND = {Relu: 0, Sigmoid: 1, Tanh: 2}
 
