@@ -349,23 +349,21 @@ class _Program:
         )
 
 
-def _build(ops, bounds, x, lo, hi, t_lo, t_hi, label, target, kappa):
-    """min t s.t. |y - x| <= t, lo <= y <= hi, z_target - z_label >= kappa."""
+def _encode(ops, bounds, x, lo, hi, t_lo, t_hi, upto: int):
+    """|y - x| <= t, lo <= y <= hi, t_lo <= t <= t_hi and ops[:upto]; returns the program,
+    the columns holding the output of ops[upto - 1] (y if upto = 0) and t's column."""
     p = _Program()
     n = x.size
     y = p.cols(lo, hi)
     t = int(p.cols(t_lo, t_hi)[0])
     k = np.arange(n)
-    p.rows(
-        np.r_[k, k], np.r_[y, np.full(n, t)], np.r_[np.ones(n), -np.ones(n)], np.full(n, -np.inf), x
-    )  # y - t <= x
-    p.rows(
-        np.r_[k, k], np.r_[y, np.full(n, t)], np.r_[np.ones(n), np.ones(n)], x, np.full(n, np.inf)
-    )  # y + t >= x
+    ts = np.full(n, t)
+    p.rows(np.r_[k, k], np.r_[y, ts], np.r_[np.ones(n), -np.ones(n)], -np.inf, x)  # y - t <= x
+    p.rows(np.r_[k, k], np.r_[y, ts], np.r_[np.ones(n), np.ones(n)], x, np.inf)  # y + t >= x
     cur = y
     zero = int(p.cols(0.0, 0.0)[0])
     cur_lo, cur_hi = lo, hi
-    for op, (lb, ub) in zip(ops[:-1], bounds[:-1], strict=True):
+    for op, (lb, ub) in zip(ops[:upto], bounds[:upto], strict=True):
         if isinstance(op, _Affine):
             cur = _affine_rows(p, op.matrix, op.bias, cur, lb, ub)
         elif isinstance(op, _Relu):
@@ -373,29 +371,22 @@ def _build(ops, bounds, x, lo, hi, t_lo, t_hi, label, target, kappa):
         else:
             cur = _pool_rows(p, op.windows, cur, cur_lo, cur_hi)
         cur_lo, cur_hi = lb, ub
+    return p, cur, t
+
+
+def _build(ops, bounds, x, lo, hi, t_lo, t_hi, label, target, kappa):
+    """min t s.t. |y - x| <= t, lo <= y <= hi, z_target - z_label >= kappa."""
     last = ops[-1]
     if isinstance(last, _Affine):
-        m = last.matrix
-        row = (
-            np.asarray((m[target] - m[label]).todense()).ravel()
-            if sp.issparse(m)
-            else (m[target] - m[label])
-        )
+        p, cur, t = _encode(ops, bounds, x, lo, hi, t_lo, t_hi, len(ops) - 1)
+        row = _dense(last.matrix[[target]] - last.matrix[[label]]).ravel()
         nz = np.flatnonzero(row)
-        p.rows(
-            np.zeros(nz.size, int),
-            cur[nz],
-            row[nz],
-            kappa + last.bias[label] - last.bias[target],
-            np.inf,
-        )
+        rhs = kappa + last.bias[label] - last.bias[target]
+        p.rows(np.zeros(nz.size, int), cur[nz], row[nz], rhs, np.inf)
     else:
-        if isinstance(last, _Relu):
-            cur = _relu_rows(p, cur, cur_lo, cur_hi, zero)
-        else:
-            cur = _pool_rows(p, last.windows, cur, cur_lo, cur_hi)
+        p, cur, t = _encode(ops, bounds, x, lo, hi, t_lo, t_hi, len(ops))
         p.rows([0, 0], [cur[target], cur[label]], [1.0, -1.0], kappa, np.inf)
-    return p, y, t
+    return p, t
 
 
 def _affine_rows(p: _Program, m, b, cur, lb, ub) -> np.ndarray:
@@ -652,5 +643,5 @@ def _target_impossible(ops, bnds, relax, lo, hi, j, label) -> bool:
 
 
 def _solve_one(ops, bnds, x, lo, hi, t_lo, t_hi, label, j, time_limit, kappa):
-    p, _, t = _build(ops, bnds, x, lo, hi, t_lo, t_hi, label, j, kappa)
+    p, t = _build(ops, bnds, x, lo, hi, t_lo, t_hi, label, j, kappa)
     return p.solve(t, time_limit), t

@@ -116,6 +116,80 @@ def cmd_kafka(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- calibrate
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Fit a profile (threshold, Algorithm 2 parameters, seed window) for a model."""
+    from verifier.network import load_onnx
+    from worker.inputs import load_inputs
+    from worker.profile import calibrate, save_profile
+
+    net = load_onnx(args.model)
+    xs = load_inputs(args.valid, net.input_size)
+    labels = _load_labels(args.labels, len(xs))
+    attacks = {name: load_inputs(path, net.input_size) for name, path in args.attack}
+    if len(attacks) != len(args.attack):
+        raise CliError("each --attack NAME must be given once")
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise CliError(f"{out.parent}: no such directory for --out")
+    try:
+        profile = calibrate(
+            net, xs, labels, max_false_alarm=args.max_false_alarm, window_size=args.window,
+            attacks=attacks, up=args.up, tol=args.tol, search=args.search, jobs=args.jobs,
+            name=args.name, policy=args.policy,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    save_profile(profile, out)
+    cal = profile.calibration
+    print(f"profile {profile.name} -> {out}")
+    print(f"  valid inputs: {cal.n} of {cal.n_inputs} classified correctly, mean radius "
+          f"{cal.mean_radius:.4f}")
+    print(f"  threshold {profile.threshold:.6g} (false alarms {cal.false_alarm_measured:.1%}, "
+          f"target {cal.false_alarm_target:.1%})")
+    fa = cal.false_alarm_distribution
+    print(f"  Algorithm 2: window {profile.window_size}, sigma0 {profile.sigma0:.6g}, sigma1 "
+          f"{profile.sigma1:.6g}" + ("" if fa is None else f" (false alarms {fa:.1%})"))
+    for name, a in profile.attacks.items():
+        print(f"  {name}: {a.n} inputs, mean radius {a.mean_radius:.4f}, rejected "
+              f"{a.rejection_rate:.1%} (threshold) / {a.rejection_rate_distribution:.1%} "
+              f"(Algorithm 2), AUC {a.auc:.3f}")
+    return 0
+
+
+def _attack_spec(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=ADV.npy, got {text!r}")
+    return name, path
+
+
+def _load_labels(path: str, n: int | None = None):
+    """Integer labels from .npy, or from an .npz's 'y' (or 'labels', or only) array."""
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise CliError(f"{p}: no such labels file")
+    try:
+        if p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as data:
+                key = next((k for k in ("y", "labels") if k in data.files), data.files[0])
+                labels = data[key]
+        else:
+            labels = np.load(p, allow_pickle=False)
+    except (ValueError, OSError, IndexError) as exc:
+        raise CliError(f"{p}: not a readable label array ({exc})") from None
+    labels = np.asarray(labels).reshape(-1)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise CliError(f"{p}: labels must be integers, got {labels.dtype}")
+    if n is not None and labels.size != n:
+        raise CliError(f"{p}: {labels.size} labels for {n} inputs")
+    return labels
+
+
 # ----------------------------------------------------------------------------- serve
 
 
@@ -126,12 +200,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from worker.service import Service
 
     configure_logging(args.log_level)
+    _quiet_kafka_selector()
     cfg = ServiceConfig(
         bootstrap=args.bootstrap, model=Path(args.model), profile=Path(args.profile),
         policy=args.policy, input_topic=args.input_topic, output_topic=args.output_topic,
         group=args.group, max_batch=args.max_batch, jobs=args.jobs,
         metrics_host=args.metrics_host, metrics_port=args.metrics_port,
-        kafka=kafka_settings(args.kafka_config),
+        max_input_bytes=args.max_input_bytes, kafka=kafka_settings(args.kafka_config),
         **({"worker_id": args.worker_id} if args.worker_id else {}),
     )
     service = Service(cfg)
@@ -140,12 +215,164 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_kafka_selector() -> None:
+    """kafka-python warns whenever a busy machine delays its event loop; keep real warnings."""
+    import logging
+
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
+
+
+# ----------------------------------------------------------------------------- produce, record,
+# ----------------------------------------------------------------------------- replay
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    """Send an array file or a PNG folder as input records of one stream."""
+    from worker.replay import produce, records_from_arrays
+
+    xs, dtype = _load_for_produce(args.inputs)
+    labels = None
+    if args.labels:
+        labels = _load_labels(args.labels, len(xs))
+    elif Path(args.inputs).suffix == ".npz":
+        labels = _npz_labels(args.inputs, len(xs))
+    records = records_from_arrays(
+        xs, args.stream, labels, dtype=args.dtype or dtype,
+        period_ms=int(round(1000 / args.rate)) if args.rate else 0, id_prefix=args.id_prefix,
+    )
+    producer = _producer(args)
+    try:
+        n = produce(producer, args.topic, records, rate=args.rate)
+    finally:
+        producer.close()
+    print(f"sent {n} inputs of stream {args.stream!r} to {args.topic}", file=sys.stderr)
+    return 0
+
+
+def _load_for_produce(path: str):
+    """Inputs with their item shape kept, and the wire dtype that holds them exactly."""
+    import numpy as np
+
+    from worker.inputs import InputFileError, _load_png_dir, as_unit_batch
+
+    p = Path(path)
+    if not p.exists():
+        raise InputFileError(f"{p}: no such file or directory")
+    if p.is_dir():
+        raw = _load_png_dir(p)
+    else:
+        try:
+            if p.suffix == ".npz":
+                with np.load(p, allow_pickle=False) as data:
+                    raw = data["x" if "x" in data.files else data.files[0]]
+            else:
+                raw = np.load(p, allow_pickle=False)
+        except (ValueError, OSError, IndexError) as exc:
+            raise InputFileError(f"{p}: not a readable .npy/.npz array ({exc})") from None
+    if raw.ndim < 2:
+        raise InputFileError(f"{p}: expected an array [N, ...] of inputs, got shape {raw.shape}")
+    flat = as_unit_batch(raw, None, str(p))
+    return flat.reshape(raw.shape), ("uint8" if raw.dtype == np.uint8 else "float64")
+
+
+def _npz_labels(path: str, n: int):
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as data:
+        if "y" not in data.files:
+            return None
+        y = np.asarray(data["y"]).reshape(-1)
+    return y if y.size == n and np.issubdtype(y.dtype, np.integer) else None
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    """Read a topic from its beginning into a replay file until it is idle."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from worker.config import client_settings, kafka_settings
+    from worker.replay import record_topic, write_recording
+
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise CliError(f"{out.parent}: no such directory for --out")
+    consumer = KafkaConsumer(
+        bootstrap_servers=args.bootstrap, group_id=None, enable_auto_commit=False,
+        isolation_level="read_committed", client_id="radiusguard-record",
+        **client_settings(KafkaConsumer, kafka_settings(args.kafka_config)),
+    )
+    try:
+        partitions = consumer.partitions_for_topic(args.topic)
+        if not partitions:
+            raise CliError(f"topic {args.topic!r} does not exist on {args.bootstrap}")
+        tps = [TopicPartition(args.topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        records = record_topic(consumer, idle_s=args.idle, limit=args.limit)
+    finally:
+        consumer.close()
+    n = write_recording(out, records)
+    print(f"recorded {n} records of {args.topic} to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Send a recording to a topic at its recorded pace (times --rate), or as fast as possible."""
+    from worker.replay import produce, read_recording
+
+    records = read_recording(args.file)
+    producer = _producer(args)
+    try:
+        n = produce(producer, args.topic, records, speed=None if args.fast else args.rate,
+                    streams=args.streams)
+    finally:
+        producer.close()
+    print(f"replayed {n} records to {args.topic}", file=sys.stderr)
+    return 0
+
+
+def _producer(args: argparse.Namespace):
+    from kafka import KafkaProducer
+
+    from worker.config import client_settings, kafka_settings
+
+    settings = client_settings(KafkaProducer, kafka_settings(args.kafka_config))
+    settings.setdefault("acks", "all")
+    settings.setdefault("linger_ms", 5)
+    return KafkaProducer(bootstrap_servers=args.bootstrap, client_id="radiusguard-produce",
+                         **settings)
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Local broker, workers, a recorded stream replayed, a verdict table."""
+    from worker.demo import run_demo
+
+    _quiet_kafka_selector()
+    return run_demo(args)
+
+
 # ----------------------------------------------------------------------------- parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_kafka_options(p: argparse.ArgumentParser, bootstrap_required: bool = True) -> None:
+    p.add_argument("--bootstrap", required=bootstrap_required,
+                   help="Kafka bootstrap servers, host:port[,...]")
+    p.add_argument("--kafka-config", help="JSON file of kafka-python settings (SASL/SSL, ...); "
+                   "RADIUSGUARD_KAFKA_* variables override it")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their options."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="radiusguard",
         description="Validate neural-network inputs by their certified robustness radius.",
     )
@@ -159,6 +386,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="CSV file (default: standard output)")
     p.set_defaults(func=cmd_radius)
 
+    p = sub.add_parser("calibrate", help="fit a validation profile for a model on valid inputs")
+    p.add_argument("model", help="ONNX model")
+    p.add_argument("valid", help="valid inputs: .npy/.npz [N, ...] or a folder of PNG images")
+    p.add_argument("--labels", required=True, help="their labels (.npy, or .npz with 'y')")
+    p.add_argument("--max-false-alarm", type=_unit_fraction, required=True,
+                   help="largest share of valid inputs to reject, e.g. 0.03")
+    p.add_argument("--attack", type=_attack_spec, action="append", default=[],
+                   metavar="NAME=ADV.npy", help="adversarial inputs to score (repeatable)")
+    p.add_argument("--window", type=_window_size, default=50, help="Algorithm 2 window size")
+    p.add_argument("--policy", choices=("threshold", "distribution"), default="threshold",
+                   help="the profile's default policy")
+    p.add_argument("--name", help="profile name (default: the model file's stem)")
+    p.add_argument("--out", required=True, help="profile JSON to write")
+    _add_verifier_options(p)
+    p.set_defaults(func=cmd_calibrate)
+
     p = sub.add_parser("kafka", help="a local single-node Apache Kafka broker (KRaft)")
     p.add_argument("action", choices=("start", "stop", "status"))
     p.add_argument("--port", type=_positive_int, default=9092)
@@ -167,28 +410,102 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_kafka)
 
     p = sub.add_parser("serve", help="run a validation worker (a consumer-group member)")
-    p.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers, host:port[,...]")
+    _add_kafka_options(p)
     p.add_argument("--model", required=True, help="ONNX model")
     p.add_argument("--profile", required=True, help="profile.json from `radiusguard calibrate`")
-    p.add_argument("--policy", choices=("threshold", "distribution"), default="distribution")
+    p.add_argument("--policy", choices=("threshold", "distribution"),
+                   help="default: the profile's policy")
     p.add_argument("--input-topic", default="radiusguard.inputs")
     p.add_argument("--output-topic", default="radiusguard.verdicts")
     p.add_argument("--group", default="radiusguard", help="consumer group id")
     p.add_argument("--worker-id", help="stable id of this worker (default: host-pid)")
     p.add_argument("--max-batch", type=_positive_int, default=32, help="records per transaction")
+    p.add_argument("--max-input-bytes", type=_positive_int, default=1 << 20,
+                   help="larger input records are invalid")
     p.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1, help="threads")
     p.add_argument("--metrics-host", default="127.0.0.1")
     p.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz here")
-    p.add_argument("--kafka-config", help="JSON file of kafka-python settings (SASL/SSL, ...)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=cmd_serve)
 
-    for register in _EXTRA_COMMANDS:
+    p = sub.add_parser("produce", help="send an array file or PNG folder as one input stream")
+    p.add_argument("inputs", help=".npy/.npz array [N, ...] in [0, 1] (or uint8), or a folder "
+                   "of PNG images")
+    p.add_argument("--stream", required=True, help="stream id (the record key), e.g. cam-1")
+    p.add_argument("--rate", type=_positive_float, help="inputs per second (default: at once)")
+    p.add_argument("--labels", help="labels to attach (.npy, or .npz with 'y')")
+    p.add_argument("--topic", default="radiusguard.inputs")
+    p.add_argument("--dtype", choices=("uint8", "float32", "float64"),
+                   help="wire dtype (default: uint8 for uint8 data and PNG, else float64)")
+    p.add_argument("--id-prefix", help="input ids are PREFIX-i (default: the stream id)")
+    _add_kafka_options(p)
+    p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("record", help="record a topic into a replay file (.rgr)")
+    p.add_argument("--topic", required=True)
+    p.add_argument("--out", required=True, help="replay file to write")
+    p.add_argument("--idle", type=_positive_float, default=5.0,
+                   help="stop after this many seconds without a new record")
+    p.add_argument("--limit", type=_positive_int, help="stop after this many records")
+    _add_kafka_options(p)
+    p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("replay", help="send a replay file's records to a topic")
+    p.add_argument("file", help="replay file (.rgr) from `radiusguard record`")
+    p.add_argument("--topic", required=True)
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=_positive_float, default=1.0,
+                      help="speed as a multiple of the recorded pace (default 1)")
+    pace.add_argument("--fast", action="store_true", help="as fast as possible")
+    p.add_argument("--streams", type=_positive_int, default=1,
+                   help="fan each record out to N streams (keys suffixed -0 .. -N-1)")
+    _add_kafka_options(p)
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("demo", help="local broker, two workers, a recorded stream, a verdict "
+                       "table")
+    from worker.demo import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_demo)
+
+    for register in _extra_commands():
         register(sub)
     return parser
 
 
-_EXTRA_COMMANDS: list = []
+def _unit_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return value
+
+
+def _window_size(text: str) -> int:
+    value = _positive_int(text)
+    if value < 8:
+        raise argparse.ArgumentTypeError(f"the window needs at least 8 radii, got {text!r}")
+    return value
+
+
+def _extra_commands() -> tuple:
+    """Subcommands other packages add: `study` when study/cli.py is installed (its module
+    imports nothing heavy; torch loads only when the command runs)."""
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("study.cli") is None:
+            return ()
+    except ImportError:
+        return ()
+    try:
+        from study.cli import register
+    except ImportError:
+        return ()
+    return (register,)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,7 +530,8 @@ def _is_user_error(exc: Exception) -> bool:
     names = {
         "UnsupportedModelError", "InputFileError", "ProfileError", "BrokerError", "CliError",
         "ConfigError", "FileNotFoundError", "IsADirectoryError", "PermissionError",
-        "NoBrokersAvailable", "ReplayFileError",
+        "NoBrokersAvailable", "ReplayFileError", "ServiceError", "DemoError",
+        "KafkaTimeoutError", "KafkaConnectionError",
     }
     return any(cls.__name__ in names for cls in type(exc).__mro__)
 

@@ -14,16 +14,24 @@ class ConfigError(ValueError):
 
 
 SECRET_KEYS = ("sasl_plain_password", "ssl_password", "sasl_oauth_token_provider")
+SECRET_WORDS = ("password", "secret", "token")
+
+
+POLICIES = ("threshold", "distribution")
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    """Everything `radiusguard serve` needs; kafka holds extra kafka-python client settings."""
+    """Everything `radiusguard serve` needs; kafka holds extra kafka-python client settings.
+
+    policy None means the profile's own policy. Derived topics: `<input>.dlq` for dead
+    letters and `<input>.<group>.windows` for the compacted window changelog.
+    """
 
     bootstrap: str
     model: Path
     profile: Path
-    policy: str = "distribution"
+    policy: str | None = None
     input_topic: str = "radiusguard.inputs"
     output_topic: str = "radiusguard.verdicts"
     group: str = "radiusguard"
@@ -34,23 +42,66 @@ class ServiceConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
     transaction_timeout_ms: int = 10000
+    max_input_bytes: int = 1 << 20
+    max_dead_letter_bytes: int = 3 << 20
+    restore_timeout_s: float = 120.0
     kafka: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model", Path(self.model))
+        object.__setattr__(self, "profile", Path(self.profile))
+        if not self.bootstrap or not isinstance(self.bootstrap, str):
+            raise ConfigError("bootstrap servers (host:port[,...]) are required")
+        if self.policy is not None and self.policy not in POLICIES:
+            raise ConfigError(f"policy must be threshold or distribution, got {self.policy!r}")
+        for name in ("input_topic", "output_topic", "group", "worker_id"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name} must not be empty")
+        if self.input_topic == self.output_topic:
+            raise ConfigError("the input and output topics must differ")
+        for name in ("max_batch", "jobs", "poll_timeout_ms", "transaction_timeout_ms",
+                     "max_input_bytes", "max_dead_letter_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+        if not self.restore_timeout_s > 0:
+            raise ConfigError(f"restore_timeout_s must be positive, got {self.restore_timeout_s}")
 
     @property
     def dlq_topic(self) -> str:
+        """Dead letters: undecodable input records, byte for byte, with an `error` header."""
         return f"{self.input_topic}.dlq"
 
     @property
     def changelog_topic(self) -> str:
+        """Compacted, co-partitioned with the input: the latest window per stream."""
         return f"{self.input_topic}.{self.group}.windows"
 
     @property
     def transactional_id(self) -> str:
+        """Stable per worker id, so a restarted worker fences its previous incarnation."""
         return f"radiusguard-{self.group}-{self.worker_id}"
 
     def redacted_kafka(self) -> dict:
         """Kafka settings safe to log."""
-        return {k: ("***" if k in SECRET_KEYS else v) for k, v in self.kafka.items()}
+        return {k: ("***" if _secret(k) else v) for k, v in self.kafka.items()}
+
+
+def _secret(key: str) -> bool:
+    return key in SECRET_KEYS or any(word in key for word in SECRET_WORDS)
+
+
+def client_settings(client: type, settings: dict) -> dict:
+    """The subset of kafka-python settings that `client` (KafkaConsumer, KafkaProducer or
+    KafkaAdminClient) accepts; ConfigError for a key none of the three knows."""
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+
+    known = set().union(*(c.DEFAULT_CONFIG for c in (KafkaConsumer, KafkaProducer,
+                                                      KafkaAdminClient)))
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"unknown kafka-python settings: {', '.join(unknown)}")
+    return {k: v for k, v in settings.items() if k in client.DEFAULT_CONFIG}
 
 
 def kafka_settings(path: str | None, environ: dict[str, str] | None = None) -> dict:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from worker.codec import Verdict
 
 RADIUS_BUCKETS = (0.0, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.012, 0.014, 0.016, 0.02,
                   0.025, 0.03, 0.04, 0.06, 0.1, 0.256)
@@ -31,10 +34,13 @@ class Metrics:
                          ["partition"], registry=r)
         self.restores = Counter("radiusguard_state_restores", "Partitions whose windows were "
                                 "restored from the changelog", registry=r)
+        self.aborts = Counter("radiusguard_transaction_aborts", "Batches whose transaction was "
+                              "aborted (and re-read)", registry=r)
         self.ready = False
         self.alive = True
 
-    def observe_verdicts(self, verdicts) -> None:
+    def observe_verdicts(self, verdicts: Iterable[tuple[bytes, Verdict]]) -> None:
+        """Count committed verdicts by kind and record their radii."""
         for _, v in verdicts:
             self.inputs.labels(v.verdict).inc()
             if v.radius is not None:
@@ -66,6 +72,7 @@ class MetricsServer:
         self.thread.start()
 
     def close(self) -> None:
+        """Stop serving and release the port."""
         self.httpd.shutdown()
         self.httpd.server_close()
 

@@ -1,12 +1,12 @@
 """The stream logic without Kafka: consumed records in, verdicts, dead letters and window
-states out. The service feeds it batches from the broker; tests and `replay --offline` feed it
-lists. Per stream the records are taken in offset order, so verdicts keep input order.
+states out. The service feeds it batches from the broker; tests and benchmarks feed it lists.
+Per partition the records are taken in offset order, so each stream's verdicts keep input order.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -14,11 +14,13 @@ import numpy as np
 
 from verifier.radius import RadiusResult, radius_result
 from verifier.zonotope import ZonoNet
-from worker.codec import Invalid, Limits, Verdict, decode_input
+from worker.codec import DEFAULT_STREAM, InputRecord, Invalid, Limits, Verdict, decode_input
 from worker.profile import Profile
 from worker.validate import DistributionValidator, ThresholdValidator, WindowState
 
-DEFAULT_STREAM = "_default"
+__all__ = ["BatchResult", "DeadLetter", "Processor", "Record", "Scorer", "process_all"]
+
+POLICIES = ("threshold", "distribution")
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class Record:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """A record that could not be decoded, kept byte for byte, with the reason."""
+    """A record that could not be decoded or verified, kept byte for byte, with the reason."""
 
     key: bytes | None
     value: bytes | None
@@ -59,19 +61,25 @@ class Scorer:
         self.znet, self.up, self.tol, self.search = znet, up, tol, search
         self.pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="radius")
 
-    def score(self, xs: Sequence[np.ndarray]) -> list[RadiusResult]:
-        """Radius results in input order."""
+    def score(self, xs: Sequence[np.ndarray]) -> list[RadiusResult | Exception]:
+        """Radius results in input order; an input whose verification fails yields its error,
+        so one bad input never takes the batch (or the worker) down."""
         return list(self.pool.map(self._one, xs))
 
-    def _one(self, x: np.ndarray) -> RadiusResult:
-        return radius_result(self.znet, x, self.up, self.tol, self.search)
+    def _one(self, x: np.ndarray) -> RadiusResult | Exception:
+        try:
+            return radius_result(self.znet, x, self.up, self.tol, self.search)
+        except Exception as exc:  # reported as that input's verdict, never raised
+            return exc
 
     def close(self) -> None:
+        """Wait for running passes and release the threads."""
         self.pool.shutdown(wait=True)
 
 
 class Processor:
-    """Decode, score and validate batches of records; holds no Kafka objects."""
+    """Decode, score and validate batches of records; holds no Kafka objects and no state
+    between calls (the caller keeps the windows)."""
 
     def __init__(
         self,
@@ -82,7 +90,7 @@ class Processor:
         limits: Limits | None = None,
         worker_id: str = "worker",
     ):
-        if policy not in ("threshold", "distribution"):
+        if policy not in POLICIES:
             raise ValueError(f"policy must be 'threshold' or 'distribution', got {policy!r}")
         self.znet = znet
         self.profile = profile
@@ -94,10 +102,11 @@ class Processor:
         self.distribution = DistributionValidator(
             profile.sigma0, profile.sigma1, profile.window_size
         )
+        self._initial = self.distribution.initial_state(profile.seed_window)
 
     def initial_state(self) -> WindowState:
         """The window every new stream starts from: the profile's seed window."""
-        return self.distribution.initial_state(self.profile.seed_window)
+        return self._initial
 
     def process(
         self, records: Sequence[Record], states: dict[tuple[int, str], WindowState]
@@ -105,40 +114,49 @@ class Processor:
         """One batch. `states` maps (partition, stream) to the current window; not modified."""
         started = time.monotonic()
         result = BatchResult()
+        size = self.znet.net.input_size
         decoded = [
-            decode_input(r.key, r.value if r.value is not None else b"", self.limits,
-                         self.znet.net.input_size)
+            decode_input(r.key, r.value if r.value is not None else b"", self.limits, size)
             for r in records
         ]
-        good = [i for i, d in enumerate(decoded) if not isinstance(d, Invalid)]
-        scores = dict(zip(good, self.scorer.score([decoded[i].x for i in good]), strict=True))
+        good = [i for i, d in enumerate(decoded) if isinstance(d, InputRecord)]
+        scored = self.scorer.score([decoded[i].x for i in good])
+        scores = dict(zip(good, scored, strict=True))
         current = dict(states)
         order = sorted(range(len(records)), key=lambda i: (records[i].partition, records[i].offset))
         for i in order:
             rec, dec = records[i], decoded[i]
-            stream = _stream_of(rec.key)
             key = rec.key if rec.key is not None else DEFAULT_STREAM.encode()
             source = {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
             latency = (time.monotonic() - started) * 1000.0
             if isinstance(dec, Invalid):
                 result.dead_letters.append(DeadLetter(rec.key, rec.value, dec.reason, rec))
                 verdict = self._verdict(
-                    dec.id or "", stream, "invalid", None, None, "decode", dec.reason, None,
+                    dec.id, dec.stream, "invalid", None, None, "decode", dec.reason, None,
                     source, latency, None, None,
                 )
                 result.verdicts.append((key, verdict))
                 continue
             score = scores[i]
-            slot = (rec.partition, stream)
+            if isinstance(score, Exception):
+                reason = f"verification failed: {type(score).__name__}: {score}"
+                result.dead_letters.append(DeadLetter(rec.key, rec.value, reason, rec))
+                verdict = self._verdict(
+                    dec.id, dec.stream, "invalid", None, None, "verify", reason, None, source,
+                    latency, dec.label, dec.meta,
+                )
+                result.verdicts.append((key, verdict))
+                continue
             if self.policy == "threshold":
                 decision = self.threshold.check(score.radius)
             else:
-                state = current.get(slot) or self.initial_state()
+                slot = (rec.partition, dec.stream)
+                state = current.get(slot) or self._initial
                 decision, state = self.distribution.step(state, score.radius, rec.offset)
                 current[slot] = state
                 result.states[slot] = state
             verdict = self._verdict(
-                dec.id, stream, decision.verdict, score.predicted, score.radius, decision.rule,
+                dec.id, dec.stream, decision.verdict, score.predicted, score.radius, decision.rule,
                 decision.reason, decision.pvalue, source, latency, dec.label, dec.meta,
             )
             result.verdicts.append((key, verdict))
@@ -156,7 +174,14 @@ class Processor:
         )
 
 
-def _stream_of(key: bytes | None) -> str:
-    if not key:
-        return DEFAULT_STREAM
-    return key.decode("utf-8", errors="replace")
+def process_all(processor: Processor, records: Iterable[Record], batch: int = 32) -> BatchResult:
+    """Run records through the processor in batches as one worker would, windows carried over:
+    all verdicts, all dead letters and the final windows (the offline reference for a stream)."""
+    total = BatchResult()
+    pending = list(records)
+    for start in range(0, len(pending), batch):
+        part = processor.process(pending[start : start + batch], total.states)
+        total.states.update(part.states)
+        total.verdicts += part.verdicts
+        total.dead_letters += part.dead_letters
+    return total

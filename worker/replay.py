@@ -2,13 +2,15 @@
 
 File format (`.rgr`, version 1): a msgpack stream. The first object is the header
 {"format": "radiusguard-replay", "version": 1}; each further object is one record
-{"key": bin|nil, "value": bin, "headers": [[str, bin], ...], "ts": int (ms since epoch)}.
+{"key": bin|nil, "value": bin|nil, "headers": [[str, bin], ...], "ts": int (ms since epoch)}.
+Records are in time order; records of one key keep their topic order.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +32,7 @@ class Recorded:
     """One record of a recording."""
 
     key: bytes | None
-    value: bytes
+    value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
     ts: int = 0
 
@@ -51,23 +53,35 @@ def write_recording(path: str | Path, records: Iterable[Recorded]) -> int:
 
 
 def read_recording(path: str | Path) -> Iterator[Recorded]:
-    """Records of a replay file, in order; ReplayFileError on a bad file."""
+    """Records of a replay file, in order. The header is checked at once, records as they are
+    read; ReplayFileError on a bad file."""
     path = Path(path)
     if not path.is_file():
         raise ReplayFileError(f"{path}: no such replay file")
-    with open(path, "rb") as f:
-        unpacker = msgpack.Unpacker(f, raw=False, max_buffer_size=64 << 20)
+    f = open(path, "rb")  # closed by _records once read (or on an early error here)
+    unpacker = msgpack.Unpacker(f, raw=False, max_buffer_size=64 << 20)
+    try:
+        head = next(unpacker)
+    except (StopIteration, ValueError, msgpack.UnpackException) as exc:
+        f.close()
+        raise ReplayFileError(f"{path}: empty or not msgpack ({exc!r})") from None
+    if not isinstance(head, dict) or head.get("format") != FORMAT:
+        f.close()
+        raise ReplayFileError(f"{path}: not a {FORMAT} file")
+    if head.get("version") != VERSION:
+        f.close()
+        raise ReplayFileError(f"{path}: version {head.get('version')}, expected {VERSION}")
+    return _records(path, f, unpacker)
+
+
+def _records(path: Path, f, unpacker) -> Iterator[Recorded]:
+    with f:
         try:
-            head = next(unpacker)
-        except (StopIteration, ValueError, msgpack.UnpackException) as exc:
-            raise ReplayFileError(f"{path}: empty or not msgpack ({exc})") from None
-        if not isinstance(head, dict) or head.get("format") != FORMAT:
-            raise ReplayFileError(f"{path}: not a {FORMAT} file")
-        if head.get("version") != VERSION:
-            raise ReplayFileError(f"{path}: version {head.get('version')}, expected {VERSION}")
-        try:
-            for obj in unpacker:
-                yield Recorded(obj.get("key"), obj["value"],
+            for n, obj in enumerate(unpacker):
+                key, value = obj.get("key"), obj["value"]
+                if not isinstance(key, bytes | None) or not isinstance(value, bytes | None):
+                    raise TypeError(f"record {n}: key and value must be binary or nil")
+                yield Recorded(key, value,
                                tuple((str(k), bytes(v)) for k, v in obj.get("headers", [])),
                                int(obj.get("ts", 0)))
         except (KeyError, TypeError, AttributeError, ValueError, msgpack.UnpackException) as exc:
@@ -93,39 +107,58 @@ def records_from_arrays(
     return out
 
 
-def produce(producer, topic: str, records: Iterable[Recorded], rate: float | None = None,
-            speed: float | None = None, streams: int = 1) -> int:
-    """Send records; rate = records/s, speed = multiple of the recorded pace, else as fast as
-    possible. streams > 1 fans each record out to N streams (key suffixed with -i)."""
+def produce(
+    producer,
+    topic: str,
+    records: Iterable[Recorded],
+    rate: float | None = None,
+    speed: float | None = None,
+    streams: int = 1,
+    on_send: Callable[[bytes | None, bytes | None], None] | None = None,
+) -> int:
+    """Send records and flush; returns how many were sent. rate = input records per second,
+    speed = multiple of the recorded pace (record ts), neither = as fast as possible.
+    streams > 1 fans each record out to N streams (key suffixed with -i); on_send(key, value)
+    is called right after each send (for latency bookkeeping)."""
+    if streams < 1:
+        raise ValueError(f"streams must be >= 1, got {streams}")
     sent = 0
     t0 = time.monotonic()
     first_ts = None
-    for r in records:
+    for n, r in enumerate(records):
         if rate:
-            _sleep_until(t0 + sent / streams / rate)
+            _sleep_until(t0 + n / rate)
         elif speed and r.ts:
             first_ts = r.ts if first_ts is None else first_ts
             _sleep_until(t0 + (r.ts - first_ts) / 1000.0 / speed)
         for i in range(streams):
             key = r.key if streams == 1 else (r.key or b"_default") + f"-{i}".encode()
             producer.send(topic, key=key, value=r.value, headers=list(r.headers) or None)
+            if on_send is not None:
+                on_send(key, r.value)
             sent += 1
     producer.flush()
     return sent
 
 
 def record_topic(consumer, idle_s: float = 5.0, limit: int | None = None) -> list[Recorded]:
-    """Everything an assigned consumer reads until it is idle for idle_s (or limit records)."""
-    out: list[Recorded] = []
+    """Everything an assigned consumer reads until it is idle for idle_s (or limit records),
+    merged across partitions by timestamp while keeping each partition's order."""
+    parts: dict[int, list[Recorded]] = {}
+    total = 0
     last = time.monotonic()
-    while time.monotonic() - last < idle_s and (limit is None or len(out) < limit):
-        polled = consumer.poll(timeout_ms=500)
-        for msgs in polled.values():
+    while time.monotonic() - last < idle_s and (limit is None or total < limit):
+        polled = consumer.poll(timeout_ms=min(500, max(50, int(idle_s * 1000))))
+        for tp, msgs in polled.items():
             for m in msgs:
                 headers = tuple((k, v or b"") for k, v in (m.headers or []))
-                out.append(Recorded(m.key, m.value, headers, m.timestamp or 0))
-                last = time.monotonic()
-    return out[:limit] if limit is not None else out
+                parts.setdefault(tp.partition, []).append(
+                    Recorded(m.key, m.value, headers, m.timestamp or 0)
+                )
+                total += 1
+            last = time.monotonic()
+    merged = list(heapq.merge(*parts.values(), key=lambda r: r.ts))
+    return merged[:limit] if limit is not None else merged
 
 
 def _sleep_until(t: float) -> None:

@@ -1,0 +1,262 @@
+"""Worker speed through Kafka beside the offline verifier: end-to-end throughput at saturation
+with 1 and 2 workers, latency percentiles at half load, and the Kafka + codec overhead. Prints
+figures; asserts nothing.
+
+    python -m bench.worker [--models fnn-3x30-relu,cnn-6-16-128-relu] [--n 400]
+                           [--bootstrap HOST:PORT]
+
+Each model gets a quick profile (calibrated on other images) unless models/<name>.profile.json
+exists. Without --bootstrap a local broker is started (and stopped) for the run. Workers run as
+`radiusguard serve` subprocesses with 2 verifier threads in all: one worker x 2 threads, or two
+workers x 1 thread, the same budget as the offline certified_radii(jobs=2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import msgpack  # noqa: E402
+import numpy as np  # noqa: E402
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
+
+from verifier.network import load_onnx  # noqa: E402
+from verifier.radius import certified_radii, radius_result  # noqa: E402
+from verifier.zonotope import ZonoNet  # noqa: E402
+from worker import broker  # noqa: E402
+from worker.codec import encode_input  # noqa: E402
+from worker.profile import calibrate, save_profile  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+STREAMS = 8
+PARTITIONS = 4
+HALF_LOAD_S = 12.0
+
+
+@dataclass
+class Run:
+    """One measurement through Kafka."""
+
+    workers: int
+    inputs: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.inputs / self.seconds
+
+    def pct(self, q: float) -> float:
+        """Latency percentile in ms (nearest rank)."""
+        ms = sorted(1000.0 * x for x in self.latencies)
+        return ms[min(len(ms) - 1, int(round(q / 100.0 * (len(ms) - 1))))]
+
+
+def offline(znet: ZonoNet, xs: np.ndarray) -> tuple[float, float]:
+    """(inputs/s of certified_radii with jobs=2, median seconds of one certified radius)."""
+    flat = xs.reshape(len(xs), -1) / 255.0
+    certified_radii(znet, flat[:4], jobs=2)  # load the compiled kernels
+    t0 = time.perf_counter()
+    certified_radii(znet, flat, jobs=2)
+    rate = len(flat) / (time.perf_counter() - t0)
+    one = []
+    for x in flat[:100]:
+        t0 = time.perf_counter()
+        radius_result(znet, x)
+        one.append(time.perf_counter() - t0)
+    return rate, statistics.median(one)
+
+
+def profile_for(name: str, model: Path, tmp: Path) -> Path:
+    """The shipped profile of a model, or a quick one fitted on 120 other test images."""
+    shipped = ROOT / "models" / f"{name}.profile.json"
+    if shipped.is_file():
+        return shipped
+    data = np.load(ROOT / "models" / "mnist_test_1000.npz")
+    prof = calibrate(load_onnx(model), data["x"][-120:], data["y"][-120:], 0.03, window_size=30,
+                     jobs=2, policy="distribution")
+    path = tmp / f"{name}.profile.json"
+    save_profile(prof, path)
+    return path
+
+
+class Workers:
+    """`radiusguard serve` subprocesses of one group, stopped on exit."""
+
+    def __init__(self, bootstrap: str, model: Path, profile: Path, topic: str, out: str,
+                 count: int, log_dir: Path):
+        self.procs: list[subprocess.Popen] = []
+        self.ports: list[int] = []
+        group = f"bench-{uuid.uuid4().hex[:8]}"
+        for i in range(count):
+            port = broker.free_port()
+            cmd = [sys.executable, "-m", "worker.cli", "serve", "--bootstrap", bootstrap,
+                   "--model", str(model), "--profile", str(profile), "--policy", "distribution",
+                   "--input-topic", topic, "--output-topic", out, "--group", group,
+                   "--worker-id", f"{group}-{i}", "--jobs", str(max(1, 2 // count)),
+                   "--metrics-port", str(port), "--log-level", "warning"]
+            with open(log_dir / f"{group}-{i}.log", "wb") as log:
+                self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+            self.ports.append(port)
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        """Until every worker reports ready for a second in a row (the group has settled)."""
+        deadline = time.monotonic() + timeout
+        since = None
+        while True:
+            for p in self.procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"a worker exited with code {p.returncode}")
+            if all(_ready(port) for port in self.ports):
+                since = since or time.monotonic()
+                if time.monotonic() - since >= 1.0:
+                    return
+            else:
+                since = None
+            if time.monotonic() > deadline:
+                raise RuntimeError("workers not ready")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def through_kafka(bootstrap: str, model: Path, profile: Path, xs: np.ndarray, workers: int,
+                  rate: float | None, log_dir: Path) -> Run:
+    """Send xs over STREAMS streams (at `rate` inputs/s, or all at once) and time the verdicts."""
+    run = uuid.uuid4().hex[:8]
+    topic, out = f"bench-{run}.in", f"bench-{run}.out"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics({t: {"num_partitions": PARTITIONS, "replication_factor": -1}
+                         for t in (topic, out)}, wait_for_metadata=True)
+    admin.close()
+    records = [
+        encode_input(f"x{i}", x, stream=f"s{i % STREAMS}", dtype="uint8") for i, x in
+        enumerate(xs)
+    ]  # uint8 on the wire, as a camera would send them
+    group = Workers(bootstrap, model, profile, topic, out, workers, log_dir)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                             isolation_level="read_committed", enable_auto_commit=False,
+                             fetch_max_wait_ms=100)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
+    try:
+        group.wait_ready()
+        tps = [TopicPartition(out, p) for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        consumer.poll(timeout_ms=100)
+        sent: dict[str, float] = {}
+
+        def send() -> None:
+            t0 = time.monotonic()
+            for i, (key, value) in enumerate(records):
+                if rate:
+                    delay = t0 + i / rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                sent[f"x{i}"] = time.monotonic()
+                producer.send(topic, key=key, value=value)
+            producer.flush()
+
+        thread = threading.Thread(target=send, daemon=True)
+        start = time.monotonic()
+        thread.start()
+        latencies: list[float] = []
+        done = 0
+        last = start
+        deadline = start + 600
+        while done < len(records) and time.monotonic() < deadline:
+            for msgs in consumer.poll(timeout_ms=200).values():
+                now = time.monotonic()
+                for m in msgs:
+                    rid = msgpack.unpackb(m.value, raw=False)["id"]
+                    if rid in sent:
+                        latencies.append(now - sent[rid])
+                    done += 1
+                    last = now
+        thread.join()
+        return Run(workers, done, last - start, latencies)
+    finally:
+        producer.close()
+        consumer.close()
+        group.stop()
+
+
+def bench_model(name: str, n: int, bootstrap: str, tmp: Path) -> None:
+    model = ROOT / "models" / f"{name}.onnx"
+    znet = ZonoNet.of(load_onnx(model))
+    xs = np.load(ROOT / "models" / "mnist_test_1000.npz")["x"][:n]
+    profile = profile_for(name, model, tmp)
+    off_rate, radius_s = offline(znet, xs)
+    print(f"\n{name}: {n} MNIST test images, {STREAMS} streams over {PARTITIONS} partitions, "
+          "distribution policy")
+    print(f"  offline certified_radii(jobs=2): {off_rate:7.1f} inputs/s; median certified "
+          f"radius {1000 * radius_s:.1f} ms")
+    print(f"  {'workers':>7} {'inputs/s':>9} {'overhead':>9} {'half load':>10} "
+          f"{'p50 ms':>8} {'p99 ms':>8} {'p99 / radius':>12}")
+    for workers in (1, 2):
+        sat = through_kafka(bootstrap, model, profile, xs, workers, None, tmp)
+        half_rate = sat.rate / 2
+        k = int(max(50, half_rate * HALF_LOAD_S))  # inputs cycled to last HALF_LOAD_S seconds
+        half = through_kafka(bootstrap, model, profile, np.resize(xs, (k, *xs.shape[1:])),
+                             workers, half_rate, tmp)
+        overhead = 100.0 * (1.0 - sat.rate / off_rate)
+        print(f"  {workers:7d} {sat.rate:9.1f} {overhead:8.1f}% {half_rate:8.1f}/s "
+              f"{half.pct(50):8.1f} {half.pct(99):8.1f} {half.pct(99) / 1000 / radius_s:11.1f}x")
+    print("  overhead: share of the offline throughput lost to Kafka, the codec and the "
+          "transactions at saturation;\n  p99 / radius: p99 send-to-committed-verdict latency at "
+          "half the saturated rate over the median radius time")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="fnn-3x30-relu,cnn-6-16-128-relu")
+    parser.add_argument("--n", type=int, default=400, help="inputs per saturation run")
+    parser.add_argument("--bootstrap", help="a running broker (default: start a local one)")
+    args = parser.parse_args()
+    names = [m for m in args.models.split(",") if (ROOT / "models" / f"{m}.onnx").is_file()]
+    with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp, \
+            contextlib.ExitStack() as stack:
+        bootstrap = args.bootstrap
+        if not bootstrap:
+            cfg = broker.BrokerConfig(port=broker.free_port(), data_dir=Path(tmp) / "broker",
+                                      jar_cache=ROOT / ".cache" / "kafka" / "libs")
+            bootstrap = broker.start(cfg)
+            stack.callback(broker.stop, cfg)
+        print(f"broker {bootstrap}; {os.cpu_count()} cores; load average "
+              f"{os.getloadavg()[0]:.1f} at start")
+        for name in names:
+            bench_model(name, args.n, bootstrap, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The study pipeline end to end on a tiny config, its report, cache, config parsing and CLI."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("art")
+pytest.importorskip("onnx2torch")
+pytest.importorskip("matplotlib")
+
+from study import attacks as attacks_mod  # noqa: E402
+from study import run as run_mod  # noqa: E402
+from study.cli import register  # noqa: E402
+from study.report import TABLE1_COLUMNS, THRESHOLDS, auc_of, roc_points  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "models" / "fnn-3x30-relu.onnx"
+SLICE = ROOT / "models" / "mnist_test_1000.npz"
+CATEGORIES = ("valid", "misclassified", "fgsm_0.1", "fgsm_0.05")
+
+pytestmark = pytest.mark.skipif(
+    not (MODEL.is_file() and SLICE.is_file()), reason="shipped model or MNIST slice missing"
+)
+
+
+def tiny_config(n: int = 4) -> run_mod.StudyConfig:
+    raw = {
+        "study": {"n": n, "data": str(SLICE), "jobs": 1, "torch_threads": 1,
+                  "exact_n": 2, "exact_time_limit": 5.0, "exact_categories": ["fgsm_0.1"]},
+        "algorithm2": {"s": 8, "n_valid": n, "n_adversarial": n, "shuffles": 2},
+        "attacks": {"fgsm_0.1": {"kind": "fgsm", "eps": 0.1},
+                    "fgsm_0.05": {"kind": "fgsm", "eps": 0.05}},
+        "networks": [{"name": "fnn-3x30-relu", "onnx": str(MODEL)}],
+    }
+    return run_mod.config_from_dict(raw, source="tiny")
+
+
+@pytest.fixture(scope="module")
+def study_out(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("study")
+    report = run_mod.run_study(tiny_config(), out)
+    assert report == out / "report.md"
+    return out
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_table1_is_complete_and_finite(study_out: Path) -> None:
+    rows = _rows(study_out / "table1.csv")
+    assert len(rows) == 1
+    assert list(rows[0]) == list(TABLE1_COLUMNS)
+    row = rows[0]
+    assert row["network"] == "fnn-3x30-relu" and row["activation"] == "relu"
+    for col in ("accuracy", "valid", "mis", "fgsm_0.1", "fgsm_0.05", "seconds_per_call"):
+        assert math.isfinite(float(row[col])), col
+    assert row["cw"] == "" and row["hop"] == ""  # not run in this config
+    assert 0.9 < float(row["accuracy"]) <= 1.0
+    assert float(row["valid"]) > float(row["fgsm_0.1"])
+
+
+def test_table2_covers_every_category_selection_and_threshold(study_out: Path) -> None:
+    rows = _rows(study_out / "table2.csv")
+    keys = {(r["selection"], r["category"]) for r in rows}
+    assert keys == set(itertools.product(("first", "random"), CATEGORIES))
+    for r in rows:
+        assert int(r["n"]) == 4
+        rates = [float(r[f"{t:.3f}"]) for t in THRESHOLDS]
+        assert all(0.0 <= v <= 1.0 for v in rates)
+        assert rates == sorted(rates)  # rejecting below a larger threshold rejects more
+
+
+def test_roc_files_and_auc_match_the_report(study_out: Path) -> None:
+    for name in ("roc", "counts", "hist"):
+        assert (study_out / f"{name}_fnn-3x30-relu.png").stat().st_size > 1000
+    points = _rows(study_out / "roc.csv")
+    aucs = {r["category"]: float(r["auc"]) for r in _rows(study_out / "auc.csv")}
+    assert set(aucs) == set(CATEGORIES) - {"valid"}
+    report = (study_out / "report.md").read_text()
+    for cat, auc in aucs.items():
+        pts = [(float(p["threshold"]), float(p["fpr"]), float(p["tpr"]))
+               for p in points if p["category"] == cat]
+        assert pts[0][1:] == (0.0, 0.0) and pts[-1][1:] == (1.0, 1.0)
+        recomputed = float(np.trapezoid([p[2] for p in pts], [p[1] for p in pts]))
+        assert recomputed == pytest.approx(auc, abs=1e-12)
+        assert re.search(rf"\| fnn-3x30-relu \| {re.escape(cat)} \| \d+ \| \d+ \| "
+                         rf"{recomputed:.4f} \|", report), cat
+
+
+def test_report_states_paper_findings_with_verdicts(study_out: Path) -> None:
+    report = (study_out / "report.md").read_text()
+    sections = report.split("\n## ")[1:]
+    assert len(sections) >= 8
+    for section in sections:
+        assert "Paper" in section, section.splitlines()[0]
+        if "not reproduced" not in section and "Not run" not in section:
+            assert "**confirms**" in section or "**contradicts**" in section, section[:60]
+    assert (study_out / "algorithm2.csv").is_file()
+    alg2 = _rows(study_out / "algorithm2.csv")
+    assert {r["sigmas"] for r in alg2} == {"paper", "calibrated"}
+    assert {r["order"] for r in alg2} == {"sequence", "shuffle-0", "shuffle-1"}
+
+
+def test_rerun_resumes_from_the_cache(study_out: Path, monkeypatch) -> None:
+    def boom(*args, **kwargs):
+        raise AssertionError("recomputed although cached")
+
+    monkeypatch.setattr(attacks_mod, "generate", boom)
+    monkeypatch.setattr(run_mod, "radius_result", boom)
+    before = (study_out / "table2.csv").read_text()
+    run_mod.run_study(tiny_config(), study_out)
+    assert (study_out / "table2.csv").read_text() == before
+
+
+def test_roc_auc_equals_pairwise_probability() -> None:
+    rng = np.random.default_rng(3)
+    valid = np.round(rng.normal(0.02, 0.005, 40), 3)
+    adv = np.round(rng.normal(0.012, 0.006, 30), 3)
+    pairs = [(1.0 if a < v else 0.5 if a == v else 0.0) for v in valid for a in adv]
+    assert auc_of(roc_points(valid, adv)) == pytest.approx(np.mean(pairs), abs=1e-12)
+
+
+def test_attack_cache_key_covers_model_params_and_indices() -> None:
+    spec = attacks_mod.attack_spec("fgsm_0.1")
+    base = attacks_mod.cache_key("a" * 64, spec, [1, 2, 3])
+    assert base != attacks_mod.cache_key("b" * 64, spec, [1, 2, 3])
+    assert base != attacks_mod.cache_key("a" * 64, spec, [1, 2, 4])
+    assert base != attacks_mod.cache_key("a" * 64, attacks_mod.attack_spec("fgsm_0.05"), [1, 2, 3])
+    with pytest.raises(ValueError, match="unknown"):
+        attacks_mod.attack_spec("cw", {"max_iters": 3}).describe()
+
+
+def test_config_errors_are_reported(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[study]\nn = 3\n")
+    with pytest.raises(run_mod.ConfigError, match="networks"):
+        run_mod.load_config(bad)
+    bad.write_text(f'[study]\nbogus = 1\n[[networks]]\nname = "x"\nonnx = "{MODEL}"\n')
+    with pytest.raises(run_mod.ConfigError, match="bogus"):
+        run_mod.load_config(bad)
+    bad.write_text('[[networks]]\nname = "x"\nonnx = "nowhere.onnx"\n')
+    with pytest.raises(run_mod.ConfigError, match="not found"):
+        run_mod.load_config(bad)
+
+
+def test_shipped_configs_parse() -> None:
+    for name in ("quick.toml", "full.toml"):
+        cfg = run_mod.load_config(ROOT / "study" / "configs" / name)
+        assert cfg.categories == ("valid", "misclassified", "fgsm_0.1", "fgsm_0.05", "cw", "hop")
+
+
+def test_cli_registers_the_study_subcommand(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["study", "--config", "c.toml", "--out", str(tmp_path), "--n", "3"])
+    assert args.func.__name__ == "cmd_study" and args.n == 3 and args.out == tmp_path
