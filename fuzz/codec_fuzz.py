@@ -244,7 +244,7 @@ class RandomChooser:
 
     def pick(self, n: int) -> int:
         """An integer in [0, n)."""
-        return self.rng.randrange(n)
+        return int(self.rng.random() * n)
 
     def blob(self, n: int) -> bytes:
         """n random bytes."""
@@ -413,7 +413,7 @@ def _data(b: _Builder, dtype: Any, n: int) -> Any:
         data = b.ch.blob(n)
     else:
         plain = (0.0, 1.0, -0.0, 0.5, float(np.finfo(np_dtype).smallest_subnormal), 0.25)
-        values = [plain[b.ch.pick(len(plain))] for _ in range(n)]
+        values = [plain[c % len(plain)] for c in b.ch.blob(n)]
         data = np.asarray(values, dtype=np_dtype).tobytes()
     if not b.broken():
         return data
@@ -474,8 +474,9 @@ def _envelope(b: _Builder, rec: dict, limits: LimitsLike) -> bytes:
         b.fault("empty", before_id=True)
         return b""
     if choice == 1:
-        b.fault("payload", before_id=True)
-        return b.pack({**rec, "pad": b"\0" * limits.max_payload_bytes})
+        b.fault("payload", before_id=True)  # refused on its size alone, before unpacking
+        value = b.pack(rec)
+        return value + b"\0" * (limits.max_payload_bytes + 1 - len(value))
     if choice == 2:
         b.fault("msgpack map", before_id=True)
         return b.pack(b.one([[rec], "s", 5, None, [], 1.5]))

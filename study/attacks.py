@@ -135,6 +135,20 @@ def art_classifier(onnx_path: str | Path, input_shape: tuple[int, ...], n_classe
     )
 
 
+class LazyClassifier:
+    """Builds the ART classifier on first use, so a run served from the cache never loads it."""
+
+    def __init__(self, onnx_path: str | Path, input_shape: tuple[int, ...], n_classes: int):
+        self._args = (onnx_path, tuple(input_shape), n_classes)
+        self._classifier = None
+
+    def get(self):
+        """The classifier (built once)."""
+        if self._classifier is None:
+            self._classifier = art_classifier(*self._args)
+        return self._classifier
+
+
 def cache_key(model_sha256: str, spec: AttackSpec, indices: Sequence[int]) -> str:
     """SHA-256 over the model, the attack with all its parameters, and the source indices."""
     payload = {
@@ -199,6 +213,8 @@ def generate(
     y = np.asarray(y, dtype=np.int64).reshape(-1)
     if classifier is None:
         classifier = art_classifier(onnx_path, net.input_shape, net.n_outputs)
+    elif isinstance(classifier, LazyClassifier):
+        classifier = classifier.get()
     p = _full_params(spec.kind, spec.params)
     if "seed" in p:
         # HopSkipJump draws from numpy's global generator: seed it for this chunk only.

@@ -11,11 +11,13 @@ from pathlib import Path
 
 def cmd_study(args: argparse.Namespace) -> int:
     """Run the study of ``--config`` into ``--out`` and print where the report is."""
-    from study.run import load_config, run_study
+    from study.run import load_config, run_study, select_networks
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")
     config = load_config(args.config, n=args.n)
+    if args.networks:
+        config = select_networks(config, [n.strip() for n in args.networks.split(",")])
     t0 = time.perf_counter()
     report = run_study(config, args.out, use_cache=not args.no_cache)
     print(f"wrote {report} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
@@ -33,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output directory (report, cache)")
     p.add_argument("--n", type=_positive_int, help="inputs per category and selection "
                    "(overrides the config)")
+    p.add_argument("--networks", help="comma-separated subset of the config's networks")
     p.add_argument("--no-cache", action="store_true", help="recompute everything")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     p.set_defaults(func=cmd_study)

@@ -378,17 +378,27 @@ def render(
     return "\n".join(md) + "\n"
 
 
+def _ours(items: Sequence[tuple[str, bool, str]], criterion: str) -> str:
+    """One explicit verdict per network, with the criterion it was judged by."""
+    if not items:
+        return "Ours: no network had enough data to judge."
+    parts = [f"`{n}` {_verdict(ok)}" + (f" ({d})" if d else "") for n, ok, d in items]
+    n_ok = sum(ok for _, ok, _ in items)
+    return (f"Ours, judged by {criterion}: " + "; ".join(parts)
+            + f". Confirmed on {n_ok} of {len(items)} networks.")
+
+
 def _section_table1(t1: list[dict], cats: Sequence[str]) -> list[str]:
     cols = [c for c in TABLE1_CATEGORIES if c in cats]
     key = {c: ("mis" if c == "misclassified" else c) for c in cols}
     header = ["network", "activation", "accuracy", *cols]
-    rows = []
-    bad = []
+    rows, verdicts = [], []
     for row in t1:
         paper = PAPER_TABLE1.get(row["network"], {})
         cells = [row["network"], row["activation"],
                  _fmt(row["accuracy"]) + (f" (paper {paper['accuracy']:.4f})"
                                           if "accuracy" in paper else "")]
+        bad = []
         for c in cols:
             v = row[key[c]]
             cell = _fmt(v)
@@ -396,19 +406,20 @@ def _section_table1(t1: list[dict], cats: Sequence[str]) -> list[str]:
                 cell += f" (paper {paper[c]:.4f})"
             cells.append(cell)
             if c != "valid" and v is not None and row["valid"] is not None and v >= row["valid"]:
-                bad.append(f"{row['network']}/{c}")
+                bad.append(c)
         rows.append(cells)
-    ok = not bad
+        others = [row[key[c]] for c in cols if c != "valid" and row[key[c]] is not None]
+        detail = (f"valid {_fmt(row['valid'])} vs at most {max(others):.4f}" if others and not bad
+                  else f"not larger than {', '.join(bad)}" if bad else "")
+        verdicts.append((row["network"], not bad, detail))
     return [
         "## Table I: mean certified radius per category", "",
         "Mean radius of the first-N selection of each category (paper's value in brackets "
         "where the paper has the same network).", "",
         _md_table(header, rows), "",
         "Paper: valid inputs have clearly larger radii than misclassified inputs and "
-        "adversarial examples, on every network. Ours "
-        + _verdict(ok)
-        + (": the mean valid radius exceeds every other category's mean on every network."
-           if ok else f": not larger for {', '.join(bad)}."),
+        "adversarial examples, on every network. "
+        + _ours(verdicts, "whether the mean valid radius exceeds every other category's mean"),
         "Absolute values differ from the paper's where our independently trained networks "
         "differ from its networks.", "",
     ]
@@ -418,14 +429,12 @@ def _section_pvalue(t1: list[dict]) -> list[str]:
     lines = ["## Normality of valid radii (Table I, p-value)", "",
              _md_table(["network", f"p-value (first ≤{PVALUE_N} valid radii)"],
                        [[r["network"], _fmt(r["pvalue"], 3)] for r in t1]), ""]
-    known = [r for r in t1 if r["pvalue"] is not None]
-    normal = [r["network"] for r in known if r["pvalue"] >= 0.05]
+    items = [(r["network"], r["pvalue"] >= 0.05, f"p = {r['pvalue']:.3f}")
+             for r in t1 if r["pvalue"] is not None]
     lines.append(
         "Paper: the radii of valid inputs are close to normally distributed (Algorithm 2 rests "
-        "on this), judged by the D'Agostino–Pearson test on the first 100 valid radii. Ours "
-        + (_verdict(len(normal) == len(known)) if known else "cannot say (too few radii)")
-        + (f": normality is not rejected at the 5% level for {len(normal)} of {len(known)} "
-           "networks." if known else ".")
+        "on this), judged by the D'Agostino–Pearson test on the first 100 valid radii. "
+        + _ours(items, "whether the test does not reject normality at the 5% level")
     )
     return [*lines, ""]
 
@@ -437,39 +446,37 @@ def _section_table2(t2: list[dict], cats: Sequence[str]) -> list[str]:
     rows = [[r["network"], r["selection"], r["category"], str(r["n"]),
              *[_pct(r[f"{t:.3f}"]) for t in THRESHOLDS]] for r in t2]
     lines += [_md_table(header, rows), ""]
-    # Paper comparison at 0.010.
     for net, paper in PAPER_TABLE2_AT_0010.items():
         ours = {r["category"]: r["0.010"] for r in t2
                 if r["network"] == net and r["selection"] == "first"}
         if not ours:
             continue
-        lines += [f"At threshold 0.010 on `{net}` (first N; paper in the second row):", "",
-                  _md_table(["", *[c for c in cats if c in paper]],
-                            [["ours", *[_pct(ours.get(c)) for c in cats if c in paper]],
-                             ["paper", *[_pct(paper[c]) for c in cats if c in paper]]]), ""]
-    verdicts = []
+        shown = [c for c in cats if c in paper]
+        lines += [f"At threshold 0.010 on `{net}` (first N), ours beside the paper's:", "",
+                  _md_table(["", *shown], [["ours", *[_pct(ours.get(c)) for c in shown]],
+                                           ["paper", *[_pct(paper[c]) for c in shown]]]), ""]
+    items = []
     for net in dict.fromkeys(r["network"] for r in t2):
-        rows_net = {r["category"]: r for r in t2 if r["network"] == net
-                    and r["selection"] == "first"}
+        by_cat = {r["category"]: r for r in t2 if r["network"] == net
+                  and r["selection"] == "first"}
         best = None
         for t in THRESHOLDS:
-            v = rows_net["valid"][f"{t:.3f}"]
-            others = [rows_net[c][f"{t:.3f}"] for c in cats
-                      if c not in ("valid", "misclassified") and rows_net[c]["n"]]
+            v = by_cat["valid"][f"{t:.3f}"]
+            others = [by_cat[c][f"{t:.3f}"] for c in cats
+                      if c not in ("valid", "misclassified") and by_cat[c]["n"]]
             if v is not None and v <= 0.05 and others:
                 best = (t, v, min(others))
-        verdicts.append((net, best))
-    good = [n for n, b in verdicts if b is not None and b[2] >= 0.9]
+        if best is None:
+            items.append((net, False, "no threshold rejects ≤5% of valid inputs"))
+        else:
+            items.append((net, best[2] >= 0.9,
+                          f"at {best[0]:.3f}, {_pct(best[1])} valid and ≥{_pct(best[2])} of "
+                          "every attack rejected"))
     lines.append(
         "Paper: one threshold rejects few valid inputs and almost all adversarial ones (CNN "
-        "at 0.010: 3% valid, 75% misclassified, 95–100% per attack). Ours "
-        + _verdict(len(good) == len(verdicts)) + ": "
-        + "; ".join(
-            f"`{n}`: " + (f"at {b[0]:.3f} (the largest threshold rejecting ≤5% valid, here "
-                          f"{_pct(b[1])}) every attack is rejected at ≥{_pct(b[2])}"
-                          if b is not None else "no threshold rejects ≤5% valid")
-            for n, b in verdicts
-        ) + "."
+        "at 0.010: 3% valid, 75% misclassified, 95–100% per attack). "
+        + _ours(items, "whether the largest threshold rejecting ≤5% of valid inputs (first N) "
+                "rejects ≥90% of every attack")
     )
     return [*lines, ""]
 
@@ -477,42 +484,51 @@ def _section_table2(t2: list[dict], cats: Sequence[str]) -> list[str]:
 def _section_roc(aucs: list[dict], figures: Mapping[str, list[str]]) -> list[str]:
     lines = ["## ROC curves (valid = negatives, each other category = positives; "
              "score = −radius)", "",
+             "Radii of the first and random selections pooled, each source input once.", "",
              _md_table(["network", "category", "n valid", "n positive", "AUC"],
                        [[a["network"], a["category"], str(a["n_valid"]), str(a["n_positive"]),
                          f"{a['auc']:.4f}"] for a in aucs]), ""]
     lines += [f"![ROC]({p})" for p in figures.get("roc", [])]
-    attacks = [a for a in aucs if a["category"] != "misclassified"]
-    low = [f"{a['network']}/{a['category']} ({a['auc']:.3f})" for a in attacks if a["auc"] < 0.9]
+    items = []
+    for net in dict.fromkeys(a["network"] for a in aucs):
+        att = [a for a in aucs if a["network"] == net and a["category"] != "misclassified"]
+        if att:
+            worst = min(att, key=lambda a: a["auc"])
+            items.append((net, worst["auc"] >= 0.9,
+                          f"lowest AUC {worst['auc']:.3f} ({worst['category']})"))
     lines += ["", "Paper: the radius separates valid inputs from adversarial examples (high "
-              "rejection of attacks at low false alarm). Ours " + _verdict(not low)
-              + (": AUC ≥ 0.9 for every attack." if not low else f": AUC < 0.9 for "
-                 f"{', '.join(low)}."), ""]
+              "rejection of attacks at low false alarm). "
+              + _ours(items, "whether every attack's AUC is at least 0.9"), ""]
     return lines
 
 
 def _section_counts(results: Mapping[str, Any], figures: Mapping[str, list[str]]) -> list[str]:
     lines = ["## Inputs with radius above a threshold", ""]
     lines += [f"![counts]({p})" for p in figures.get("counts", [])]
-    ok_all = True
+    items = []
+    t = 0.010
     for net in results["networks"]:
         v = first(net, "valid")
-        advs = [first(net, c) for c in results["config"]["categories"]
-                if c not in ("valid", "misclassified")]
-        advs = [a for a in advs if a.size]
+        advs = {c: first(net, c) for c in results["config"]["categories"]
+                if c not in ("valid", "misclassified")}
+        advs = {c: a for c, a in advs.items() if a.size}
         if v.size and advs:
-            t = 0.010
-            ok_all &= bool((~rejected(v, t)).mean() > max((~rejected(a, t)).mean() for a in advs))
+            above_v = float((~rejected(v, t)).mean())
+            c_max = max(advs, key=lambda c: (~rejected(advs[c], t)).mean())
+            above_a = float((~rejected(advs[c_max], t)).mean())
+            items.append((net["name"], above_v > above_a,
+                          f"{_pct(above_v)} of valid vs at most {_pct(above_a)} ({c_max})"))
     lines += ["", "Paper: as the threshold grows, the count of adversarial inputs above it "
-              "falls to zero much sooner than the count of valid inputs. Ours "
-              + _verdict(ok_all) + " (checked at 0.010: a larger share of valid inputs than of "
-              "any attack's lies above it).", ""]
+              "falls to zero much sooner than the count of valid inputs. "
+              + _ours(items, "whether, at 0.010, a larger share of valid inputs than of any "
+                      "attack's lies above the threshold"), ""]
     return lines
 
 
 def _section_hist(results: Mapping[str, Any], figures: Mapping[str, list[str]]) -> list[str]:
     lines = ["## Distribution of radii (Figure 8)", ""]
     lines += [f"![histogram]({p})" for p in figures.get("hist", [])]
-    rows, ok = [], True
+    rows, items = [], []
     for net in results["networks"]:
         v = pooled(net, "valid")
         if v.size < 3:
@@ -520,11 +536,12 @@ def _section_hist(results: Mapping[str, Any], figures: Mapping[str, list[str]]) 
         skew = float(((v - v.mean()) ** 3).mean() / max(v.std(), 1e-12) ** 3)
         rows.append([net["name"], str(v.size), f"{v.mean():.4f}", f"{np.median(v):.4f}",
                      f"{v.std():.4f}", f"{skew:.2f}"])
-        ok &= abs(skew) < 1.0
+        items.append((net["name"], abs(skew) < 1.0, f"skewness {skew:.2f}"))
     lines += ["", _md_table(["network", "n valid", "mean", "median", "std", "skewness"], rows),
               "", "Paper: the valid radii form a single bell-shaped cluster, adversarial radii "
-              "pile up near zero. Ours " + _verdict(ok) + " (|skewness| < 1 for the valid radii "
-              "of every network; see the p-values above for the formal test).", ""]
+              "pile up near zero. "
+              + _ours(items, "|skewness| < 1 for the valid radii; the p-values above are the "
+                      "formal test"), ""]
     return lines
 
 
@@ -532,7 +549,7 @@ def _section_exact(results: Mapping[str, Any], figures: Mapping[str, list[str]])
     lines = ["## Exact vs approximate radius (Figure 3)", ""]
     notes = [f"* `{n['name']}`: {n['exact_note']}" for n in results["networks"]
              if n.get("exact_note")]
-    rows, ok, any_exact = [], True, False
+    rows, items = [], []
     for net in results["networks"]:
         ex = net.get("exact")
         if not ex:
@@ -542,27 +559,30 @@ def _section_exact(results: Mapping[str, Any], figures: Mapping[str, list[str]])
         st = np.concatenate([np.asarray(v["status"]) for v in ex.values()])
         m = st == "optimal"
         if m.sum() < 2:
+            notes.append(f"* `{net['name']}`: fewer than 2 inputs solved to optimality")
             continue
-        any_exact = True
         sound = bool(np.all(a[m] <= e[m] + 1e-9))
         corr = float(np.corrcoef(a[m], e[m])[0, 1]) if np.std(a[m]) > 0 else math.nan
-        ratio = float(np.median(a[m][e[m] > 0] / e[m][e[m] > 0])) if (e[m] > 0).any() else math.nan
+        pos = e[m] > 0
+        ratio = float(np.median(a[m][pos] / e[m][pos])) if pos.any() else math.nan
         rows.append([net["name"], f"{int(m.sum())}/{m.size}", "yes" if sound else "NO",
                      f"{corr:.3f}", f"{ratio:.3f}"])
-        ok &= sound and corr >= 0.8
+        items.append((net["name"], sound and corr >= 0.8,
+                      f"r = {corr:.3f}, approx/exact median {ratio:.2f}"))
     lines += notes
-    if not any_exact:
-        lines += ["", "No exact radii in this run, so this figure is not reproduced.", ""]
-        return lines
+    paper = ("Paper: the approximate (DeepZono) radius is a lower bound of the exact one and "
+             "tracks it closely, so it can stand in for it.")
+    if not rows:
+        return [*lines, "", paper + " No exact radii in this run, so this finding is not "
+                "reproduced here.", ""]
     lines += [f"![exact]({p})" for p in figures.get("exact", [])]
     lines += ["", _md_table(["network", "solved (optimal)", "approx ≤ exact", "Pearson r",
                              "median approx/exact"], rows), "",
               "Exact radii come from verifier.exact (MILP, per-input time limit "
               f"{results['config'].get('exact_time_limit')} s); inputs it did not solve to "
               "optimality are left out.", "",
-              "Paper: the approximate (DeepZono) radius is a lower bound of the exact one and "
-              "tracks it closely, so it can stand in for it. Ours " + _verdict(ok)
-              + " (criterion: sound on every solved input and Pearson r ≥ 0.8).", ""]
+              paper + " " + _ours(items, "approx ≤ exact on every solved input and "
+                                  "Pearson r ≥ 0.8"), ""]
     return lines
 
 
@@ -579,8 +599,7 @@ def _section_alg2(alg2: list[dict], cfg: Mapping[str, Any]) -> list[str]:
              "them within that share.", ""]
     if not alg2:
         return [*lines, "Not run: too few valid radii for the seed window.", ""]
-    rows = []
-    summary = {}
+    rows, seq_items, shuf_items = [], [], []
     for net in dict.fromkeys(r["network"] for r in alg2):
         for sig in dict.fromkeys(r["sigmas"] for r in alg2 if r["network"] == net):
             rs = [r for r in alg2 if r["network"] == net and r["sigmas"] == sig]
@@ -589,43 +608,42 @@ def _section_alg2(alg2: list[dict], cfg: Mapping[str, Any]) -> list[str]:
             sv = float(np.mean([r["valid_rejected"] for r in sh])) if sh else math.nan
             sa = float(np.mean([r["adversarial_accepted"] + r["misclassified_accepted"]
                                 for r in sh])) if sh else math.nan
-            summary[(net, sig)] = (seq, sv, sa)
+            wrong = seq["adversarial_accepted"] + seq["misclassified_accepted"]
             rows.append([net, sig, f"{seq['sigma0']:.4f}", f"{seq['sigma1']:.4g}",
                          f"{seq['n_valid']}/{seq['n_misclassified']}/{seq['n_adversarial']}",
-                         str(seq["valid_rejected"]),
-                         str(seq["adversarial_accepted"] + seq["misclassified_accepted"]),
-                         f"{sv:.1f}", f"{sa:.1f}"])
+                         str(seq["valid_rejected"]), str(wrong), f"{sv:.1f}", f"{sa:.1f}"])
+            if sig == "paper":
+                seq_items.append((net, seq["adversarial_accepted"] == 0
+                                  and seq["valid_rejected"] <= 0.1 * seq["n_valid"],
+                                  f"{seq['adversarial_accepted']} adversarial accepted, "
+                                  f"{seq['valid_rejected']}/{seq['n_valid']} valid rejected"))
+                shuf_items.append((net, sa > wrong,
+                                   f"{sa:.1f} invalid accepted shuffled vs {wrong} in sequence"))
     lines += [_md_table(["network", "sigmas", "σ0", "σ1", "valid/mis/adv",
                          "seq: valid rejected", "seq: mis+adv accepted",
                          "shuffled: valid rejected (mean)", "shuffled: mis+adv accepted (mean)"],
                         rows), ""]
-    paper_runs = [v for k, v in summary.items() if k[1] == "paper"]
-    ok = bool(paper_runs) and all(
-        seq["adversarial_accepted"] == 0 and seq["valid_rejected"] <= 0.1 * seq["n_valid"]
-        for seq, _, _ in paper_runs
-    )
-    worse = [seq_sh for seq_sh in paper_runs
-             if seq_sh[2] > seq_sh[0]["adversarial_accepted"] + seq_sh[0]["misclassified_accepted"]]
-    lines.append(
-        "Paper (100 valid + 1 misclassified + 400 adversarial): in sequence all adversarial "
-        "inputs are rejected with 3 valid rejected; shuffled, on average 5 valid and 28 "
-        "adversarial inputs are handled wrongly. With the paper's sigmas ours "
-        + _verdict(ok) + " the in-sequence result (criterion: no adversarial input accepted, "
-        "≤10% of valid inputs rejected), and "
-        + _verdict(len(worse) == len(paper_runs))
-        + " that shuffling makes Algorithm 2 accept more invalid inputs than in sequence "
-        f"({len(worse)} of {len(paper_runs)} networks)."
-    )
+    lines += [
+        "Paper (100 valid + 1 misclassified + 400 adversarial, σ0 0.014, σ1 0.001): in sequence "
+        "all adversarial inputs are rejected with 3 valid rejected. "
+        + _ours(seq_items, "the paper's sigmas in sequence: no adversarial input accepted and "
+                "≤10% of valid inputs rejected"), "",
+        "Paper: shuffled, on average 5 valid and 28 adversarial inputs are handled wrongly, "
+        "more than in sequence. "
+        + _ours(shuf_items, "the paper's sigmas: more invalid inputs accepted on average "
+                "shuffled than in sequence"),
+    ]
     return [*lines, ""]
 
 
 def _section_time(t1: list[dict]) -> list[str]:
     rows = [[r["network"], f"{1000 * r['seconds_per_call']:.2f}"] for r in t1]
+    items = [(r["network"], r["seconds_per_call"] < 1.0,
+              f"{1000 * r['seconds_per_call']:.1f} ms") for r in t1]
     return ["## Time per is_robust call", "",
-            _md_table(["network", "ms per call (wall, per thread)"], rows), "",
-            "Paper: one is_robust call is cheap enough to validate inputs at run time. Ours "
-            + _verdict(all(r["seconds_per_call"] < 1.0 for r in t1))
-            + " (every network below one second per call; a radius takes a handful of calls).",
+            _md_table(["network", "ms per call (wall time per radius thread)"], rows), "",
+            "Paper: one is_robust call is cheap enough to validate inputs at run time. "
+            + _ours(items, "under one second per call (a radius takes a handful of calls)"),
             ""]
 
 
@@ -652,7 +670,7 @@ def write_figures(
                         label=f"{cat} (AUC {auc:.3f})")
         ax.plot([0, 1], [0, 1], color="grey", lw=0.5, ls="--")
         ax.set(xlabel="valid rejected (FPR)", ylabel="rejected (TPR)", title=f"ROC: {name}")
-        ax.legend(fontsize=8, loc="lower right")
+        _legend(ax, loc="lower right")
         files["roc"].append(_save(fig, out / f"roc_{name}.png"))
 
         fig = Figure(figsize=(6, 4))
@@ -666,7 +684,7 @@ def write_figures(
             ax.axvline(t, color="grey", lw=0.3)
         ax.set(xlabel="threshold", ylabel="inputs with radius ≥ threshold",
                title=f"Counts above threshold: {name} (first N)")
-        ax.legend(fontsize=8)
+        _legend(ax)
         files["counts"].append(_save(fig, out / f"counts_{name}.png"))
 
         fig = Figure(figsize=(6, 4))
@@ -678,7 +696,7 @@ def write_figures(
             if r.size:
                 ax.hist(r, bins=bins, histtype="step", label=cat, lw=1.5 if cat == "valid" else 1)
         ax.set(xlabel="certified radius", ylabel="inputs", title=f"Radii: {name}")
-        ax.legend(fontsize=8)
+        _legend(ax)
         files["hist"].append(_save(fig, out / f"hist_{name}.png"))
 
         ex = net.get("exact")
@@ -695,9 +713,14 @@ def write_figures(
             ax.plot([0, hi], [0, hi], color="grey", lw=0.5, ls="--")
             ax.set(xlabel="exact radius (MILP)", ylabel="approximate radius (DeepZono)",
                    title=f"Exact vs approximate: {name}")
-            ax.legend(fontsize=8)
+            _legend(ax)
             files["exact"].append(_save(fig, out / f"exact_{name}.png"))
     return files
+
+
+def _legend(ax, loc: str = "best") -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc=loc)
 
 
 def _save(fig, path: Path) -> str:

@@ -18,7 +18,7 @@ import os
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from study.attacks import DEFAULT_ATTACKS, AttackSpec, attack_spec, run_attack
+from study.attacks import DEFAULT_ATTACKS, AttackSpec, LazyClassifier, attack_spec, run_attack
 from study.data import REPO_ROOT
 from verifier.network import Conv, MaxPool, Network, Sigmoid, Tanh, load_onnx
 from verifier.radius import radius_result
@@ -104,10 +104,10 @@ def resolve_path(text: str, base: Path | None = None) -> Path:
     """A path as given if absolute or existing, else under `base`, else under the repo root."""
     p = Path(text).expanduser()
     if p.is_absolute() or p.exists():
-        return p
+        return p.resolve()
     for root in (base, REPO_ROOT):
         if root is not None and (root / p).exists():
-            return root / p
+            return (root / p).resolve()
     return p
 
 
@@ -186,6 +186,15 @@ def config_from_dict(
     if cfg.algorithm2.s < 8:
         raise ConfigError("algorithm2.s must be >= 8 (the normality test needs 8 values)")
     return cfg
+
+
+def select_networks(cfg: StudyConfig, names: list[str]) -> StudyConfig:
+    """The config restricted to the named networks (in the config's order)."""
+    known = {n.name for n in cfg.networks}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise ConfigError(f"networks {missing} are not in the config (it has {sorted(known)})")
+    return replace(cfg, networks=tuple(n for n in cfg.networks if n.name in names))
 
 
 # ----------------------------------------------------------------------------- data and models
@@ -450,7 +459,6 @@ def study_network(
     cfg: StudyConfig,
     out: Path,
     cache: Cache,
-    classifier_factory: Callable[[Path, Network], Any] | None = None,
 ) -> dict[str, Any]:
     """All measurements of one network: per category and selection, indices and radii."""
     onnx_path = ensure_network(netcfg, out)
@@ -479,10 +487,8 @@ def study_network(
             sets[cat][sel] = {"index": idx, **r}
             if sel == "first":
                 first_inputs[cat] = xs
-    classifier = None
+    classifier = LazyClassifier(onnx_path, net.input_shape, net.n_outputs)
     for k, spec in enumerate(cfg.attacks):
-        if classifier is None:
-            classifier = (classifier_factory or _default_classifier)(onnx_path, net)
         orders = {
             "first": valid_pool,
             "random": np.random.default_rng([cfg.seed, 100 + k]).permutation(valid_pool),
@@ -528,12 +534,6 @@ def study_network(
         rec["exact_note"] = "exact radii are computed for fully connected networks only"
     rec["seconds"] = time.perf_counter() - t0
     return rec
-
-
-def _default_classifier(onnx_path: Path, net: Network) -> Any:
-    from study.attacks import art_classifier
-
-    return art_classifier(onnx_path, net.input_shape, net.n_outputs)
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -517,116 +517,135 @@ def exact_radius(
     upper_bracket: float | None = None,
     time_limit: float | None = None,
 ) -> ExactResult:
-    """The minimal L-infinity distance eps* from x to a point y in the input range whose
+    """The minimal L-infinity distance eps* from x to a point of the input range whose
     argmax differs from `label` (default: the prediction at x), by one MILP per target.
 
-    lower_bracket: a distance below which no adversarial point exists; it is trusted and
-    added as t >= lower_bracket, so leave it None when checking the method that produced
-    it. upper_bracket: a distance at which an adversarial point is believed to exist; it
-    sets the box for the big-M bounds (default: a built-in PGD attack, else max_eps); a
-    wrong guess only costs a second pass with max_eps.
+    lower_bracket: a distance believed to have no adversarial point below it (e.g. a
+    certified radius). It is added as the cut t >= lower_bracket; whenever a MILP optimum
+    lands on that cut the target is solved again without it, so a wrong bracket can never
+    change the answer. upper_bracket: a distance believed to have an adversarial point;
+    it sets the box for the big-M bounds (default: a built-in PGD attack, else max_eps); if
+    nothing is found within it the search is repeated with max_eps.
 
     Tolerance: HiGHS works with feasibility tolerances of about 1e-7 (1e-6 on
     integrality), so its optimum may sit exactly on, or a hair short of, the decision
-    boundary. The returned adversarial point is therefore the solver point pushed by at
-    most 1e-6 along the sign of the margin gradient: it lies within radius + 1e-6 of x and
-    net.forward confirms argmax != label there; `radius` is the MILP optimum (relative gap
-    1e-7).
+    boundary. The returned adversarial point is the solver point pushed by at most 1e-6
+    along the sign of the margin gradient: it lies within radius + 1e-6 of x and
+    net.forward confirms argmax != label there; `radius` is the MILP optimum.
     """
     ops = _lower(net)
-    lo_in, hi_in = float(net.input_lower), float(net.input_upper)
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     pred = int(np.argmax(net.forward(x)))
     label = pred if label is None else int(label)
     if pred != label:
         return ExactResult(0.0, x.copy(), pred, "misclassified")
-    start = time.monotonic()
-    t_lo = max(0.0, float(lower_bracket or 0.0))
-
-    adv, adv_t, adv_target = None, float(max_eps), None
+    search = _Search(
+        net,
+        ops,
+        x,
+        label,
+        float(net.input_lower),
+        float(net.input_upper),
+        max(0.0, float(lower_bracket or 0.0)),
+        None if time_limit is None else time.monotonic() + time_limit,
+    )
+    adv = None
     if upper_bracket is None:
-        found = _attack(ops, x, label, max_eps, lo_in, hi_in)
-        if found is not None and int(np.argmax(net.forward(found))) != label:
-            adv, adv_t = found, float(np.max(np.abs(found - x)))
-            adv_target = int(np.argmax(net.forward(found)))
-        radius_box = adv_t
+        adv = _attack(ops, x, label, max_eps, search.lo_in, search.hi_in)
+        if adv is not None and int(np.argmax(net.forward(adv))) == label:
+            adv = None
+        radius_box = float(max_eps) if adv is None else float(np.max(np.abs(adv - x)))
     else:
         radius_box = min(float(upper_bracket), float(max_eps))
-
-    while True:
-        result = _solve_targets(
-            net,
-            ops,
-            x,
-            label,
-            t_lo,
-            radius_box,
-            adv,
-            adv_t,
-            adv_target,
-            lo_in,
-            hi_in,
-            time_limit,
-            start,
-        )
-        if result.status != "beyond_max_eps" or radius_box >= max_eps:
-            return result
-        radius_box = float(max_eps)  # the upper bracket was too small: no adversarial within it
+    result = search.run(radius_box, adv)
+    if result.status == "beyond_max_eps" and radius_box < max_eps:
+        result = search.run(float(max_eps), None)  # the upper bracket held no adversarial
+    return result
 
 
-def _solve_targets(
-    net, ops, x, label, t_lo, radius_box, adv, adv_t, adv_target, lo_in, hi_in, time_limit, start
-) -> ExactResult:
-    """One MILP per target with t <= the running best distance; returns the minimum."""
-    logits = net.forward(x)
-    order = sorted((j for j in range(int(net.n_outputs)) if j != label), key=lambda j: -logits[j])
-    if adv_target in order:  # the attack's class first: its MILP sets a tight best early
-        order.remove(adv_target)
-        order.insert(0, adv_target)
-    # best = (distance, confirmed point, target); t <= cap, with slack so the attack point fits
-    best = (adv_t, adv, adv_target) if adv is not None else (radius_box, None, None)
-    cap = radius_box * (1 + 1e-9) + 1e-12
-    status = "optimal"
-    box_r = lo = hi = bnds = relax = None
-    for j in order:
-        if t_lo > cap:
-            break
-        if box_r is None or cap < 0.9 * box_r:  # tighter box, tighter big-M
-            box_r = cap
-            lo, hi = np.maximum(x - box_r, lo_in), np.minimum(x + box_r, hi_in)
-            bnds, relax = _bounds(ops, lo, hi)
-        if _target_impossible(ops, bnds, relax, lo, hi, j, label):
-            continue
-        remaining = None if time_limit is None else time_limit - (time.monotonic() - start)
-        if remaining is not None and remaining <= 0:
-            status = "time_limit"
-            break
-        found = None
-        for kappa in (0.0, 1e-6):  # retry with a margin if forward() disagrees at the optimum
-            res, t_col = _solve_one(ops, bnds, x, lo, hi, t_lo, cap, label, j, remaining, kappa)
-            if res.status == 1:
-                status = "time_limit"
-            elif res.status not in (0, 2):
-                raise RuntimeError(f"HiGHS failed on target {j}: {res.message}")
-            if res.x is None:
-                break  # infeasible: no adversarial of class j within the cap
-            t = float(res.x[t_col])
-            point = _confirm(net, ops, x, res.x[: x.size], t, label, lo_in, hi_in)
-            if point is not None:
-                found = (t, point)
+@dataclass
+class _Search:
+    """The per-target MILP loop of one exact_radius call."""
+
+    net: Network
+    ops: list
+    x: np.ndarray
+    label: int
+    lo_in: float
+    hi_in: float
+    t_floor: float
+    deadline: float | None
+
+    def run(self, radius_box: float, adv: np.ndarray | None) -> ExactResult:
+        """One MILP per target with t <= the running best distance; the minimum wins."""
+        x, label = self.x, self.label
+        logits = self.net.forward(x)
+        order = sorted((j for j in range(logits.size) if j != label), key=lambda j: -logits[j])
+        best: tuple[float, np.ndarray | None, int | None] = (radius_box, None, None)
+        if adv is not None:  # the attack's class first: its MILP sets a tight cap early
+            best = (radius_box, adv, int(np.argmax(self.net.forward(adv))))
+            order.remove(best[2])
+            order.insert(0, best[2])
+        cap = radius_box * (1 + 1e-9) + 1e-12  # t <= cap; the slack lets the attack point fit
+        status = "optimal"
+        box_r = None
+        for j in order:
+            if box_r is None or cap < 0.9 * box_r:  # a smaller box gives smaller big-Ms
+                box_r = cap
+                lo, hi = np.maximum(x - box_r, self.lo_in), np.minimum(x + box_r, self.hi_in)
+                bnds, relax = _bounds(self.ops, lo, hi)
+            if _target_impossible(self.ops, bnds, relax, lo, hi, j, label):
+                continue
+            outcome, t, point = self._target(bnds, lo, hi, cap, j)
+            if outcome != "optimal":
+                status = outcome
+            if t is not None and (best[1] is None or t <= best[0]):
+                best = (t, point, j)
+                cap = min(cap, t)
+            if outcome == "time_limit" and self._remaining() == 0.0:
                 break
-        else:
-            status = "unconfirmed"
-            t_raw = float(res.x[t_col])
-            if t_raw < best[0]:
-                best = (t_raw, None, j)
-        if found is not None and (best[1] is None or found[0] <= best[0]):
-            best = (found[0], found[1], j)
-            cap = min(cap, found[0])
-    radius, point, target = best
-    if status == "optimal" and point is None:
-        return ExactResult(radius_box, None, None, "beyond_max_eps")
-    return ExactResult(radius, point, target, status)
+        radius, point, target = best
+        if status == "optimal" and point is None:
+            return ExactResult(radius_box, None, None, "beyond_max_eps")
+        return ExactResult(radius, point, target, status)
+
+    def _remaining(self) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def _target(self, bnds, lo, hi, cap, j):
+        """(outcome, t, point) of target j's MILP; t is None when nothing lies within cap."""
+        floor = self.t_floor
+        kappa = 0.0
+        while True:
+            remaining = self._remaining()
+            if remaining == 0.0:
+                return "time_limit", None, None
+            p, t_col = _build(self.ops, bnds, self.x, lo, hi, floor, cap, self.label, j, kappa)
+            res = p.solve(t_col, remaining)
+            if res.status not in (0, 1, 2):
+                raise RuntimeError(f"HiGHS failed on target {j}: {res.message}")
+            outcome = "time_limit" if res.status == 1 else "optimal"
+            if res.x is None:
+                return outcome, None, None  # no adversarial of class j within the cap
+            t = float(res.x[t_col])
+            if floor > 0 and t <= floor * (1 + 1e-7) + 1e-12:
+                floor = 0.0  # the optimum sits on the lower bracket: do not trust it
+                continue
+            point = _confirm(
+                self.net,
+                self.ops,
+                self.x,
+                res.x[: self.x.size],
+                t,
+                self.label,
+                self.lo_in,
+                self.hi_in,
+            )
+            if point is not None:
+                return outcome, t, point
+            if kappa > 0:
+                return "unconfirmed", t, None
+            kappa = _NUDGE  # ask for a positive margin so forward() agrees
 
 
 def _target_impossible(ops, bnds, relax, lo, hi, j, label) -> bool:
@@ -640,8 +659,3 @@ def _target_impossible(ops, bnds, relax, lo, hi, j, label) -> bool:
     rad = np.maximum(hi - mid, mid - lo)
     const = np.atleast_1d(last.bias[j] - last.bias[label])
     return bool(_backward(ops, relax, len(ops) - 1, w, const, mid, rad, True)[0] < 0)
-
-
-def _solve_one(ops, bnds, x, lo, hi, t_lo, t_hi, label, j, time_limit, kappa):
-    p, t = _build(ops, bnds, x, lo, hi, t_lo, t_hi, label, j, kappa)
-    return p.solve(t, time_limit), t

@@ -121,17 +121,24 @@ def run_demo(args: argparse.Namespace) -> int:
     topic, verdicts_topic, group = f"demo-{run}.inputs", f"demo-{run}.verdicts", f"demo-{run}"
     args.data_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        bootstrap = args.bootstrap or _start_broker(args, stack)
-        _create_topic(bootstrap, topic, 4)
-        workers = [
-            _start_worker(args, bootstrap, topic, verdicts_topic, group, i, stack)
-            for i in range(args.workers)
-        ]
-        _say(f"waiting for {len(workers)} workers to join and restore their windows")
-        _wait_ready(workers, time.monotonic() + args.timeout)
-        tally = _replay_and_collect(args, bootstrap, topic, verdicts_topic, recorded, expected,
-                                    workers)
-        print(format_report(tally, len(workers), args.policy))
+        shield = threading.current_thread() is threading.main_thread()
+        if shield:  # restored last, after every cleanup step
+            stack.callback(signal.signal, signal.SIGINT, signal.getsignal(signal.SIGINT))
+        try:
+            bootstrap = args.bootstrap or _start_broker(args, stack)
+            _create_topic(bootstrap, topic, 4)
+            workers = [
+                _start_worker(args, bootstrap, topic, verdicts_topic, group, i, stack)
+                for i in range(args.workers)
+            ]
+            _say(f"waiting for {len(workers)} workers to join and restore their windows")
+            _wait_ready(workers, time.monotonic() + args.timeout)
+            tally = _replay_and_collect(args, bootstrap, topic, verdicts_topic, recorded,
+                                        expected, workers)
+            print(format_report(tally, len(workers), args.policy))
+        finally:
+            if shield:  # a second Ctrl-C must not leave workers or the broker behind
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
     return 0
 
 
@@ -295,6 +302,7 @@ def _replay_and_collect(args: argparse.Namespace, bootstrap: str, topic: str, ou
                              isolation_level="read_committed", enable_auto_commit=False,
                              client_id="radiusguard-demo-verdicts")
     failure: list[BaseException] = []
+    producer = None
     try:
         tps = [TopicPartition(out, p) for p in sorted(consumer.partitions_for_topic(out) or [])]
         if not tps:
@@ -336,8 +344,9 @@ def _replay_and_collect(args: argparse.Namespace, bootstrap: str, topic: str, ou
                                 f"{args.timeout:.0f}s")
             _check_alive(workers)
         thread.join(timeout=30)
-        producer.close()
     finally:
+        if producer is not None:
+            producer.close(timeout=5)
         consumer.close()
     return tally
 

@@ -6,7 +6,7 @@ Per partition the records are taken in offset order, so each stream's verdicts k
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -64,7 +64,12 @@ class Scorer:
     def score(self, xs: Sequence[np.ndarray]) -> list[RadiusResult | Exception]:
         """Radius results in input order; an input whose verification fails yields its error,
         so one bad input never takes the batch (or the worker) down."""
-        return list(self.pool.map(self._one, xs))
+        return list(self.iter_score(xs))
+
+    def iter_score(self, xs: Sequence[np.ndarray]) -> Iterator[RadiusResult | Exception]:
+        """Like score, but all inputs are submitted at once and results are yielded in order as
+        they finish, so the caller can validate early ones while later ones are verified."""
+        return self.pool.map(self._one, xs)
 
     def _one(self, x: np.ndarray) -> RadiusResult | Exception:
         try:
@@ -115,19 +120,17 @@ class Processor:
         started = time.monotonic()
         result = BatchResult()
         size = self.znet.net.input_size
+        ordered = sorted(records, key=lambda r: (r.partition, r.offset))
         decoded = [
             decode_input(r.key, r.value if r.value is not None else b"", self.limits, size)
-            for r in records
+            for r in ordered
         ]
-        good = [i for i, d in enumerate(decoded) if isinstance(d, InputRecord)]
-        scored = self.scorer.score([decoded[i].x for i in good])
-        scores = dict(zip(good, scored, strict=True))
+        scores = self.scorer.iter_score([d.x for d in decoded if isinstance(d, InputRecord)])
         current = dict(states)
-        order = sorted(range(len(records)), key=lambda i: (records[i].partition, records[i].offset))
-        for i in order:
-            rec, dec = records[i], decoded[i]
+        for rec, dec in zip(ordered, decoded, strict=True):
             key = rec.key if rec.key is not None else DEFAULT_STREAM.encode()
             source = {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
+            score = next(scores) if isinstance(dec, InputRecord) else None
             latency = (time.monotonic() - started) * 1000.0
             if isinstance(dec, Invalid):
                 result.dead_letters.append(DeadLetter(rec.key, rec.value, dec.reason, rec))
@@ -137,7 +140,6 @@ class Processor:
                 )
                 result.verdicts.append((key, verdict))
                 continue
-            score = scores[i]
             if isinstance(score, Exception):
                 reason = f"verification failed: {type(score).__name__}: {score}"
                 result.dead_letters.append(DeadLetter(rec.key, rec.value, reason, rec))

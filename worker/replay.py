@@ -128,7 +128,7 @@ def produce(
     for n, r in enumerate(records):
         if rate:
             _sleep_until(t0 + n / rate)
-        elif speed and r.ts:
+        elif speed:
             first_ts = r.ts if first_ts is None else first_ts
             _sleep_until(t0 + (r.ts - first_ts) / 1000.0 / speed)
         for i in range(streams):

@@ -56,9 +56,11 @@ class _Listener(ConsumerRebalanceListener):
         self.service = service
 
     def on_partitions_revoked(self, revoked) -> None:
+        """Before a rebalance: the windows of these partitions are no longer ours."""
         self.service._revoke({tp.partition for tp in revoked})
 
     def on_partitions_assigned(self, assigned) -> None:
+        """After a rebalance: restore these partitions' windows before processing them."""
         self.service._assign({tp.partition for tp in assigned})
 
 
@@ -167,6 +169,7 @@ class Service:
         """SIGTERM/SIGINT stop after the current batch; a second signal interrupts at once."""
 
         def handler(signum, frame) -> None:
+            """First signal: a graceful stop; second: KeyboardInterrupt."""
             if self._stop.is_set():
                 raise KeyboardInterrupt
             log.info("stopping", signal=signal.Signals(signum).name)

@@ -104,7 +104,8 @@ def test_report_states_paper_findings_with_verdicts(study_out: Path) -> None:
     assert len(sections) >= 8
     for section in sections:
         assert "Paper" in section, section.splitlines()[0]
-        if "not reproduced" not in section and "Not run" not in section:
+        undecided = ("not reproduced", "Not run", "no network had enough data")
+        if not any(u in section for u in undecided):
             assert "**confirms**" in section or "**contradicts**" in section, section[:60]
     assert (study_out / "algorithm2.csv").is_file()
     alg2 = _rows(study_out / "algorithm2.csv")
@@ -165,3 +166,10 @@ def test_cli_registers_the_study_subcommand(tmp_path: Path) -> None:
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["study", "--config", "c.toml", "--out", str(tmp_path), "--n", "3"])
     assert args.func.__name__ == "cmd_study" and args.n == 3 and args.out == tmp_path
+
+
+def test_network_subset_selection() -> None:
+    cfg = tiny_config()
+    assert run_mod.select_networks(cfg, ["fnn-3x30-relu"]).networks == cfg.networks
+    with pytest.raises(run_mod.ConfigError, match="not in the config"):
+        run_mod.select_networks(cfg, ["cnn-9-9-9-relu"])
