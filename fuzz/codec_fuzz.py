@@ -343,6 +343,7 @@ def build_case(
 
 
 def _key(b: _Builder, limits: LimitsLike) -> bytes | None:
+    """The Kafka key: none, empty, up to max_key_bytes of UTF-8, or too long / not UTF-8."""
     if b.broken():
         b.fault("key")
         return b.one([b"k" * (limits.max_key_bytes + 1), b"\xff\xfe", b"\xed\xa0\x80",
@@ -352,6 +353,7 @@ def _key(b: _Builder, limits: LimitsLike) -> bytes | None:
 
 
 def _id(b: _Builder, limits: LimitsLike) -> Any:
+    """The id: 1 to max_id_bytes of UTF-8, or missing, empty, too long or not a string."""
     if b.broken():
         b.fault("'id'")
         return b.one([_MISSING, "", "a" * (limits.max_id_bytes + 1),
@@ -361,6 +363,7 @@ def _id(b: _Builder, limits: LimitsLike) -> Any:
 
 
 def _x(b: _Builder, limits: LimitsLike, expected_size: int) -> Any:
+    """The x map {dtype, shape, data}, or something else in its place."""
     if b.broken():
         b.fault("'x'")
         return b.one([_MISSING, None, [0.5] * expected_size, "x", 7])
@@ -391,6 +394,7 @@ def _factors(b: _Builder, n: int, rank: int) -> list[int]:
 
 
 def _shape(b: _Builder, limits: LimitsLike, expected_size: int) -> Any:
+    """A shape of expected_size elements, of another size, or malformed / overflowing."""
     rank = 1 + b.ch.pick(limits.max_rank)
     if not b.broken():
         return _factors(b, expected_size, rank)
@@ -407,6 +411,7 @@ def _shape(b: _Builder, limits: LimitsLike, expected_size: int) -> Any:
 
 
 def _data(b: _Builder, dtype: Any, n: int) -> Any:
+    """n values in [0, 1] as raw bytes, or a wrong length, type or value (NaN, inf, < 0, > 1)."""
     wire = WIRE_DTYPES[dtype] if isinstance(dtype, str) and dtype in WIRE_DTYPES else None
     np_dtype = wire if wire is not None else WIRE_DTYPES["float64"]
     if np_dtype.kind == "u":
@@ -431,6 +436,7 @@ def _data(b: _Builder, dtype: Any, n: int) -> Any:
 
 
 def _meta(b: _Builder, limits: LimitsLike) -> Any:
+    """meta up to the depth and size limits, or past them, or what the unpacker refuses."""
     if not b.broken():
         return b.one([
             _MISSING, None, {}, {"a": 1, "b": [True, None, -1, 2**64 - 1, 0.5, float("nan"),
@@ -448,6 +454,7 @@ def _meta(b: _Builder, limits: LimitsLike) -> Any:
 
 
 def _nest(levels: int) -> Any:
+    """1 inside `levels` nested arrays."""
     node: Any = 1
     for _ in range(levels):
         node = [node]
@@ -461,6 +468,7 @@ def _sized_meta(size: int) -> dict:
 
 @functools.lru_cache(maxsize=8)
 def _filler(size: int) -> str:
+    """The string that makes {"s": string} pack to exactly size bytes."""
     base = len(msgpack.packb({"s": "x" * 300}, use_bin_type=True)) - 300
     return "x" * (size - base)
 

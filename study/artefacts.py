@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("art").setLevel(logging.WARNING)  # its per-batch success lines are noise
     import torch
 
     torch.set_num_threads(max(1, args.torch_threads))

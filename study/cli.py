@@ -15,6 +15,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("art").setLevel(logging.WARNING)  # its per-batch success lines are noise
     config = load_config(args.config, n=args.n)
     if args.networks:
         config = select_networks(config, [n.strip() for n in args.networks.split(",")])

@@ -141,3 +141,52 @@ def load_mnist_npz(path: Path | str) -> MnistData:
         test_x=images(arrays["x_test"]),
         test_y=arrays["y_test"].astype(np.int64).reshape(-1),
     )
+
+
+# ----------------------------------------------------------------------------- CIFAR-10
+
+# The only globals a CIFAR-10 python batch refers to: numpy array reconstruction and the
+# codec Python 3 uses for Python 2 byte strings. Anything else is refused before it runs.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the globals of a CIFAR-10 batch (numpy arrays)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"CIFAR-10 batch refers to {module}.{name}; refused")
+        if module == "numpy.core.multiarray":
+            module = "numpy._core.multiarray"
+        return super().find_class(module, name)
+
+
+def load_cifar10_batch(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch file: uint8 images [N, 3, 32, 32] and int64 labels.
+
+    Unpickling is restricted to numpy arrays (see ``_CifarUnpickler``).
+    """
+    with open(path, "rb") as f:
+        batch = _CifarUnpickler(f, encoding="bytes").load()
+    if not isinstance(batch, dict):
+        raise ValueError(f"{path}: not a CIFAR-10 batch (a dict)")
+    items = {(k.decode() if isinstance(k, bytes) else k): v for k, v in batch.items()}
+    if "data" not in items or "labels" not in items:
+        raise ValueError(f"{path}: a CIFAR-10 batch needs 'data' and 'labels'")
+    x = np.asarray(items["data"], dtype=np.uint8)
+    y = np.asarray(items["labels"], dtype=np.int64).reshape(-1)
+    if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or len(x) != len(y):
+        raise ValueError(f"{path}: data {x.shape} and {len(y)} labels do not match CIFAR-10")
+    return x.reshape(-1, 3, 32, 32), y
+
+
+def load_cifar10_test(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
+    """The CIFAR-10 test set from ``test_batch`` (or a directory holding it)."""
+    path = Path(path)
+    return load_cifar10_batch(path / "test_batch" if path.is_dir() else path)

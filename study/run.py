@@ -169,7 +169,9 @@ def config_from_dict(
     if "exact_categories" in study:
         study["exact_categories"] = tuple(str(c) for c in study["exact_categories"])
     data = str(study.pop("data", "mnist"))
-    if data != "mnist":
+    if data.startswith("cifar10:"):
+        data = "cifar10:" + str(resolve_path(data.split(":", 1)[1], base))
+    elif data != "mnist":
         data = str(resolve_path(data, base))
     cfg = StudyConfig(
         networks=tuple(networks),
@@ -202,7 +204,7 @@ def select_networks(cfg: StudyConfig, names: list[str]) -> StudyConfig:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Test images as uint8 [N, 1, 28, 28] (pixels / 255 are the inputs) and labels."""
+    """Test images as uint8 [N, C, H, W] (pixels / 255 are the inputs) and int64 labels."""
 
     name: str
     x: np.ndarray
@@ -219,13 +221,22 @@ class Dataset:
 
 
 def load_dataset(spec: str) -> Dataset:
-    """``mnist``: the 10k MNIST test set (study.data.load_mnist); else an NPZ with x (uint8), y."""
+    """``mnist``: the 10k MNIST test set (study.data.load_mnist); ``cifar10:PATH``: the CIFAR-10
+    python ``test_batch`` (file or directory); else an NPZ with uint8 ``x`` and labels ``y``."""
     if spec == "mnist":
         from study.data import load_mnist, to_uint8
 
         data = load_mnist()
         return Dataset("MNIST test (10k)", to_uint8(data.test_x).reshape(-1, 1, 28, 28),
                        data.test_y.astype(np.int64))
+    if spec.startswith("cifar10:"):
+        from study.data import load_cifar10_test
+
+        path = Path(spec.split(":", 1)[1])
+        if not path.exists():
+            raise ConfigError(f"CIFAR-10 data {path} not found")
+        x, y = load_cifar10_test(path)
+        return Dataset(f"CIFAR-10 {path.name} ({len(x)} images)", x, y)
     path = Path(spec)
     if not path.is_file():
         raise ConfigError(f"data file {path} not found")
@@ -233,8 +244,9 @@ def load_dataset(spec: str) -> Dataset:
         x, y = z["x"], z["y"]
     if x.dtype != np.uint8:
         raise ConfigError(f"{path}: x must be uint8 pixels")
-    return Dataset(f"{path.name} ({len(x)} images)", x.reshape(len(x), 1, 28, 28),
-                   y.astype(np.int64).reshape(-1))
+    if x.ndim == 3:
+        x = x[:, None]  # [N, H, W] grey images
+    return Dataset(f"{path.name} ({len(x)} images)", x, y.astype(np.int64).reshape(-1))
 
 
 def network_path(netcfg: NetworkConfig, out: Path) -> Path:
@@ -346,7 +358,7 @@ def radii_of(
     net: Network, xs: np.ndarray, cfg: StudyConfig, cache: Cache, desc: str
 ) -> dict[str, np.ndarray]:
     """Certified radius, certified class, zonotope passes and seconds of each input (cached)."""
-    xs = np.ascontiguousarray(xs, dtype=np.float32).reshape(len(xs), -1)
+    xs = np.ascontiguousarray(xs, dtype=np.float32).reshape(len(xs), net.input_size)
     key = cache.key("radii", net.sha256, cfg.up, cfg.tol, cfg.search,
                     hashlib.sha256(xs.tobytes()).hexdigest())
     hit = cache.load("radii", key)
@@ -382,7 +394,7 @@ def exact_radii(
         from verifier.exact import exact_radius
     except ImportError as exc:
         return f"verifier.exact is not available ({exc}); no exact radii"
-    xs = np.ascontiguousarray(xs, dtype=np.float32).reshape(len(xs), -1)
+    xs = np.ascontiguousarray(xs, dtype=np.float32).reshape(len(xs), net.input_size)
     key = cache.key("exact", net.sha256, cfg.up, cfg.exact_time_limit,
                     hashlib.sha256(xs.tobytes()).hexdigest())
     hit = cache.load("exact", key)
