@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 PYTHON  := $(BIN)/python
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: setup setup-study test test-fast lint demo kafka kafka-stop bench study-quick study models clean
+.PHONY: setup setup-worker test test-fast lint demo kafka kafka-stop bench soak fuzz study-quick study models clean
 
 $(PYTHON):
 	$(PY) -m venv $(VENV)
@@ -24,7 +24,7 @@ test-fast:  ## everything that needs no broker
 	$(PYTHON) -m pytest -q -m "not kafka"
 
 lint:
-	$(BIN)/ruff check verifier worker study bench tests
+	$(BIN)/ruff check verifier worker study bench tests fuzz
 
 demo:  ## local broker, two workers, a recorded stream replayed, a verdict table
 	$(BIN)/radiusguard demo
@@ -38,6 +38,15 @@ kafka-stop:
 bench:  ## speed of the verifier and of the worker through Kafka (prints figures)
 	$(PYTHON) -m bench.verifier
 	$(PYTHON) -m bench.worker
+
+soak:  ## one worker at 80 % of capacity for SOAK_MINUTES (default 5); prints lag, latency, memory
+	$(PYTHON) -m bench.soak --minutes $(or $(SOAK_MINUTES),5)
+
+FUZZ_RUNS ?= 1000000
+fuzz:  ## fuzz the input decoder with atheris; findings in .cache/fuzz/
+	$(PYTHON) -m pip install -q 'atheris==3.0.0'
+	mkdir -p .cache/fuzz/corpus
+	$(PYTHON) fuzz/codec_fuzz.py -runs=$(FUZZ_RUNS) -artifact_prefix=.cache/fuzz/ .cache/fuzz/corpus
 
 models:  ## retrain the reference models (needs the study extra)
 	$(PYTHON) -m study.train --nets fnn-3x30-relu,fnn-3x30-sigmoid,fnn-3x30-tanh,cnn-6-16-128-relu --out models/ --slice

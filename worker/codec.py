@@ -51,6 +51,7 @@ class Limits:
     max_rank: int = 4
     max_meta_bytes: int = 16384
     max_depth: int = 8
+    max_containers: int = 1024
     max_id_bytes: int = 256
     max_key_bytes: int = 256
 
@@ -219,16 +220,9 @@ def _decode(
     if len(value) == 0:
         return Invalid("empty record value", None, stream)
     try:
-        obj = msgpack.unpackb(
-            value,
-            raw=False,
-            strict_map_key=True,
-            max_bin_len=limits.max_payload_bytes,
-            max_str_len=max(limits.max_meta_bytes, limits.max_id_bytes),
-            max_array_len=max(limits.max_meta_bytes, limits.max_rank),
-            max_map_len=limits.max_meta_bytes,
-            max_ext_len=0,
-        )
+        obj = _unpack_fields(bytes(value), limits)
+    except _Reject as exc:
+        return Invalid(str(exc), None, stream)
     except Exception as exc:  # msgpack raises ValueError, FormatError, StackError, ExtraData...
         return Invalid(f"value is not valid msgpack: {_short(exc)}", None, stream)
     if not isinstance(obj, dict):
@@ -249,6 +243,86 @@ def _decode(
     except _Reject as exc:
         return Invalid(str(exc), rid, stream)
     return InputRecord(rid, stream, x, shape, ts, label, meta)
+
+
+_KNOWN_FIELDS = ("id", "x", "ts", "label", "meta")
+_MAP_HEADERS = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
+
+
+@dataclass(frozen=True)
+class _Oversize:
+    """A field too large to build, by its encoded size."""
+
+    size: int
+
+
+def _unpacker(data: bytes, limits: Limits) -> msgpack.Unpacker:
+    up = msgpack.Unpacker(
+        raw=False,
+        strict_map_key=True,
+        max_buffer_size=max(len(data), 1),
+        max_bin_len=limits.max_payload_bytes,
+        max_str_len=max(limits.max_meta_bytes, limits.max_id_bytes),
+        max_array_len=max(limits.max_meta_bytes, limits.max_rank),
+        max_map_len=limits.max_meta_bytes,
+        max_ext_len=0,
+    )
+    up.feed(data)
+    return up
+
+
+def _unpack_fields(value: bytes, limits: Limits) -> Any:
+    """The top-level map, each field built under one budget of maps and arrays.
+
+    msgpack can encode an empty map in one byte, so a payload within the byte limit could
+    still ask for millions of Python objects; the budget refuses that before it happens, and
+    an oversized `meta` is measured and refused without being built at all.
+    """
+    budget = [limits.max_containers]
+    if value[0] not in _MAP_HEADERS:
+        return _unpack_small(value, limits, "value", budget)
+    up = _unpacker(value, limits)
+    n = up.read_map_header()
+    obj: dict[str, Any] = {}
+    for _ in range(n):
+        key = up.unpack()
+        if not isinstance(key, str | bytes):
+            raise _Reject(f"value is not valid msgpack: a map key is {_kind(key)}")
+        start = up.tell()
+        up.skip()
+        end = up.tell()
+        if key == "meta" and end - start > limits.max_meta_bytes:
+            obj[key] = _Oversize(end - start)  # refused later, once the id is known
+            continue
+        field = _unpack_small(value[start:end], limits, repr(key), budget)
+        if isinstance(key, str) and key in _KNOWN_FIELDS:
+            obj[key] = field
+    if up.tell() != len(value):
+        raise _Reject(f"value is not valid msgpack: {len(value) - up.tell()} bytes after its map")
+    return obj
+
+
+def _unpack_small(data: bytes, limits: Limits, what: str, budget: list[int]) -> Any:
+    """Unpack one object, spending one unit of `budget` per map or array built."""
+
+    def count(obj: Any) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _Reject(f"{what} takes the record past {limits.max_containers} maps and arrays")
+        return obj
+
+    return msgpack.unpackb(
+        data,
+        raw=False,
+        strict_map_key=True,
+        max_bin_len=limits.max_payload_bytes,
+        max_str_len=max(limits.max_meta_bytes, limits.max_id_bytes),
+        max_array_len=max(limits.max_meta_bytes, limits.max_rank),
+        max_map_len=limits.max_meta_bytes,
+        max_ext_len=0,
+        object_hook=count,
+        list_hook=count,
+    )
 
 
 def _stream(key: bytes | None, limits: Limits) -> tuple[str, str | None]:
@@ -322,6 +396,8 @@ def _meta(meta: Any, limits: Limits) -> dict | None:
     """Check meta's types and nesting depth iteratively, then its re-encoded size."""
     if meta is None:
         return None
+    if isinstance(meta, _Oversize):
+        raise _Reject(f"'meta' takes {meta.size} bytes, the limit is {limits.max_meta_bytes}")
     if not isinstance(meta, dict):
         raise _Reject(f"'meta' must be a map, got {_kind(meta)}")
     stack: list[tuple[Any, int]] = [(meta, 1)]
