@@ -16,16 +16,20 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from verifier.network import Network
 
+if TYPE_CHECKING:
+    from art.estimators.classification import PyTorchClassifier
+    from torch import nn
+
 log = logging.getLogger(__name__)
 
 ATTACK_KINDS = ("fgsm", "cw", "hop")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 # Parameters of each ART attack kind. C&W: ART's defaults, but batches of 64 (ART: 1; the
 # per-example search is the same, only vectorised). HopSkipJump: cut down from ART's
@@ -100,7 +104,7 @@ def _full_params(kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
     return dict(sorted({**KIND_DEFAULTS[kind], **dict(params)}.items()))
 
 
-def torch_module(onnx_path: str | Path):
+def torch_module(onnx_path: str | Path) -> nn.Module:
     """The ONNX model as a torch module (onnx2torch), in eval mode, float32."""
     import onnx
     import torch
@@ -113,13 +117,16 @@ def torch_module(onnx_path: str | Path):
             super().__init__()
             self.inner = inner
 
-        def forward(self, x):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            """The wrapped model on float32 inputs."""
             return self.inner(x.float())
 
     return _Float32(convert(onnx.load(str(onnx_path))).float()).eval()
 
 
-def art_classifier(onnx_path: str | Path, input_shape: tuple[int, ...], n_classes: int):
+def art_classifier(
+    onnx_path: str | Path, input_shape: tuple[int, ...], n_classes: int
+) -> PyTorchClassifier:
     """ART PyTorchClassifier around the converted ONNX model, inputs clipped to [0, 1]."""
     import torch
     from art.estimators.classification import PyTorchClassifier
@@ -142,7 +149,7 @@ class LazyClassifier:
         self._args = (onnx_path, tuple(input_shape), n_classes)
         self._classifier = None
 
-    def get(self):
+    def get(self) -> PyTorchClassifier:
         """The classifier (built once)."""
         if self._classifier is None:
             self._classifier = art_classifier(*self._args)
@@ -224,7 +231,10 @@ def generate(
     try:
         attack = _make_attack(spec, classifier)
         y_onehot = np.eye(net.n_outputs, dtype=np.float32)[y]
-        adv = attack.generate(x=x, y=y_onehot) if len(x) else x.copy()
+        extra = {}
+        if spec.kind == "hop" and len(x):
+            extra["x_adv_init"] = hop_start(classifier, x, int(p["seed"]), int(p["init_size"]))
+        adv = attack.generate(x=x, y=y_onehot, **extra) if len(x) else x.copy()
     finally:
         if "seed" in p:
             np.random.set_state(state)
@@ -233,6 +243,34 @@ def generate(
     adv_pred = _predict(net, adv)
     ok = (clean_pred == y) & (adv_pred != y)
     return adv, ok
+
+
+def hop_start(classifier, x: np.ndarray, seed: int, init_size: int) -> np.ndarray:
+    """Seeded HopSkipJump starting points (ART draws its own from an unseeded generator).
+
+    Per input, as ART does: the first of `init_size` uniform random images that the classifier
+    labels differently from the input, pulled towards the input by bisection on the blend
+    weight down to 0.001. Inputs without such an image keep themselves (ART then draws).
+    """
+    start = x.copy()
+    pred = np.argmax(classifier.predict(x), axis=1)
+    for i in range(len(x)):
+        rng = np.random.default_rng([seed, i])
+        cands = rng.uniform(0.0, 1.0, size=(init_size, *x.shape[1:])).astype(np.float32)
+        hits = np.flatnonzero(np.argmax(classifier.predict(cands), axis=1) != pred[i])
+        if not hits.size:
+            continue
+        far = cands[hits[0]]
+        lo, hi = 0.0, 1.0  # weight of the random image in the blend; hi stays adversarial
+        while hi - lo > 0.001:
+            mid = (lo + hi) / 2
+            blend = ((1 - mid) * x[i] + mid * far)[None].astype(np.float32)
+            if np.argmax(classifier.predict(blend), axis=1)[0] != pred[i]:
+                hi = mid
+            else:
+                lo = mid
+        start[i] = (1 - hi) * x[i] + hi * far
+    return start
 
 
 def _predict(net: Network, x: np.ndarray) -> np.ndarray:

@@ -97,6 +97,7 @@ class StudyConfig:
 
     @property
     def categories(self) -> tuple[str, ...]:
+        """valid, misclassified, then the attacks in config order."""
         return NATURAL + tuple(a.name for a in self.attacks)
 
 
@@ -212,11 +213,13 @@ class Dataset:
 
     @property
     def digest(self) -> str:
+        """SHA-256 of images and labels (part of the prediction cache key)."""
         h = hashlib.sha256(np.ascontiguousarray(self.x).tobytes())
         h.update(np.asarray(self.y, dtype=np.int64).tobytes())
         return h.hexdigest()
 
     def floats(self, idx: np.ndarray | list[int]) -> np.ndarray:
+        """The selected images as float32 in [0, 1] (pixels / 255, as served)."""
         return self.x[np.asarray(idx, dtype=np.int64)].astype(np.float32) / np.float32(255.0)
 
 
@@ -302,9 +305,11 @@ class Cache:
     root: Path | None
 
     def key(self, *parts: Any) -> str:
+        """SHA-256 of the JSON of `parts`: everything an entry depends on."""
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
     def load(self, kind: str, key: str) -> dict[str, np.ndarray] | None:
+        """The arrays stored under (kind, key), or None when absent or unreadable."""
         if self.root is None:
             return None
         path = self.root / kind / f"{key[:32]}.npz"
@@ -318,6 +323,7 @@ class Cache:
             return None
 
     def save(self, kind: str, key: str, **arrays: np.ndarray) -> None:
+        """Store arrays under (kind, key), atomically (an interrupted run leaves no torn file)."""
         if self.root is None:
             return
         path = self.root / kind / f"{key[:32]}.npz"
@@ -327,6 +333,7 @@ class Cache:
         os.replace(tmp, path)
 
     def sub(self, name: str) -> Path | None:
+        """A subdirectory for another cache (the attacks'), or None without caching."""
         return None if self.root is None else self.root / name
 
 

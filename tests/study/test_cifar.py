@@ -49,16 +49,16 @@ def cifar(tmp_path_factory) -> tuple[Path, Path]:
     _write_batch(d / "test_batch", x, labels)
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3072, 16), torch.nn.ReLU(),
-                                torch.nn.Linear(16, 10))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3072, 32), torch.nn.ReLU(),
+                                torch.nn.Linear(32, 10))
     xt = torch.from_numpy(x.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0)
     yt = torch.from_numpy(y.astype(np.int64))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(60):
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+    for _ in range(200):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(xt), yt).backward()
         opt.step()
-    onnx_path = d / "cifar-fnn-16-relu.onnx"
+    onnx_path = d / "cifar-fnn-32-relu.onnx"
     torch.onnx.export(model.eval(), (torch.zeros(1, 3, 32, 32),), str(onnx_path),
                       input_names=["input"], output_names=["logits"], opset_version=13,
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
@@ -92,7 +92,7 @@ def test_study_runs_on_cifar(cifar, tmp_path: Path) -> None:
                   "exact": False},
         "algorithm2": {"s": 8, "n_valid": 3, "n_adversarial": 3, "shuffles": 1},
         "attacks": {"fgsm_0.1": {"kind": "fgsm", "eps": 0.1}},
-        "networks": [{"name": "cifar-fnn-16-relu", "onnx": str(onnx_path),
+        "networks": [{"name": "cifar-fnn-32-relu", "onnx": str(onnx_path),
                       "dataset": "CIFAR-10"}],
     })
     run_study(cfg, tmp_path)
@@ -102,4 +102,4 @@ def test_study_runs_on_cifar(cifar, tmp_path: Path) -> None:
     assert float(row["accuracy"]) == pytest.approx(1 - len(FLIPPED) / N_IMAGES)
     for col in ("valid", "mis", "fgsm_0.1", "seconds_per_call"):
         assert math.isfinite(float(row[col])), col
-    assert (tmp_path / "roc_cifar-fnn-16-relu.png").is_file()
+    assert (tmp_path / "roc_cifar-fnn-32-relu.png").is_file()

@@ -173,3 +173,20 @@ def test_network_subset_selection() -> None:
     assert run_mod.select_networks(cfg, ["fnn-3x30-relu"]).networks == cfg.networks
     with pytest.raises(run_mod.ConfigError, match="not in the config"):
         run_mod.select_networks(cfg, ["cnn-9-9-9-relu"])
+
+
+def test_hopskipjump_is_reproducible_and_adversarial() -> None:
+    from verifier.network import load_onnx
+
+    net = load_onnx(MODEL)
+    with np.load(SLICE) as z:
+        x = z["x"][:3].reshape(3, 1, 28, 28).astype(np.float32) / 255
+        y = z["y"][:3].astype(np.int64)
+    spec = attacks_mod.attack_spec("hop", {"max_iter": 2, "max_eval": 100, "init_eval": 10})
+    clf = attacks_mod.LazyClassifier(MODEL, net.input_shape, net.n_outputs)
+    adv1, ok1 = attacks_mod.generate(net, MODEL, spec, x, y, clf)
+    adv2, ok2 = attacks_mod.generate(net, MODEL, spec, x, y, clf)
+    assert np.array_equal(adv1, adv2) and np.array_equal(ok1, ok2)
+    assert ok1.any()
+    for a, label, ok in zip(adv1, y, ok1, strict=True):
+        assert (net.predict(a) != label) == ok
