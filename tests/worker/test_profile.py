@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from verifier.network import Dense, Network, Relu, load_onnx
 from verifier.radius import certified_radii
 from worker.profile import (
-    SIGMA0_FACTOR,
+    SIGMA0_FACTORS,
     Profile,
     ProfileError,
     calibrate,
@@ -129,7 +129,8 @@ def test_calibrate_follows_its_documented_rules(tiny, tiny_profile) -> None:
     cal = p.calibration
     assert (cal.n, cal.n_inputs) == (228, 240) and cal.accuracy == 228 / 240
     assert p.threshold == false_alarm_threshold(radii, 0.05)
-    assert p.sigma0 == false_alarm_threshold(radii, min(0.5, SIGMA0_FACTOR * 0.05))
+    candidates = {false_alarm_threshold(radii, min(0.5, f * 0.05)) for f in SIGMA0_FACTORS}
+    assert p.sigma0 in candidates  # fitted on the attack sets
     assert cal.false_alarm_measured == np.mean(radii < p.threshold) <= 0.05
     assert p.seed_window == tuple(radii[:20])
     assert p.window_size == 20 and p.model_sha256 == "ab" * 32 and p.name == "tiny"
