@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 PYTHON  := $(BIN)/python
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: setup setup-worker test test-fast lint demo kafka kafka-stop bench soak fuzz study-quick study models clean
+.PHONY: setup setup-worker test test-fast lint demo kafka kafka-stop bench soak fuzz study-quick study artefacts models clean
 
 $(PYTHON):
 	$(PY) -m venv $(VENV)
@@ -47,6 +47,15 @@ fuzz:  ## fuzz the input decoder with atheris; findings in .cache/fuzz/
 	$(PYTHON) -m pip install -q 'atheris==3.0.0'
 	mkdir -p .cache/fuzz/corpus
 	$(PYTHON) fuzz/codec_fuzz.py -runs=$(FUZZ_RUNS) -artifact_prefix=.cache/fuzz/ .cache/fuzz/corpus
+
+study-quick:  ## the paper's study on one FNN and one CNN, ~20 inputs per category (minutes)
+	$(BIN)/radiusguard study --config study/configs/quick.toml --out reports/quick
+
+study:  ## the full Table I set (trains the networks that are not shipped; hours on 2 cores)
+	$(BIN)/radiusguard study --config study/configs/full.toml --out reports/full
+
+artefacts:  ## recalibrate the shipped profiles and rebuild the demo stream
+	$(PYTHON) -m study.artefacts
 
 models:  ## retrain the reference models (needs the study extra)
 	$(PYTHON) -m study.train --nets fnn-3x30-relu,fnn-3x30-sigmoid,fnn-3x30-tanh,cnn-6-16-128-relu --out models/ --slice
