@@ -5,15 +5,19 @@ as a mixed-integer linear program per target class and solves it with HiGHS
 (scipy.optimize.milp). It is the referee for the incomplete DeepZono radius: the certified
 radius of a sound verifier never exceeds the exact one.
 
-The big-M constants come from this module's own bounds (intervals intersected with a
-forward linear relaxation), not from verifier.zonotope, so the referee does not share code
-with what it checks.
+The big-M constants come from this module's own bounds (intervals intersected with
+back-substituted linear bounds, as in CROWN/DeepPoly), not from verifier.zonotope, so the
+referee shares no code with what it checks.
 
-Cost: one MILP per target class (pruned by the running best distance), each with one
-binary per ReLU that the bounds leave unstable (and per live max-pool candidate) over the
-box of radius `upper bracket`; the worst case is exponential in that number. The MNIST
-fnn-3x30-relu net takes a fraction of a second per input; convolutional nets with
-thousands of ReLUs can take minutes or not finish (use `time_limit`).
+Cost: a PGD attack, then one MILP per target class that the linear bounds cannot rule out,
+each with one binary per ReLU left unstable over the box of the running best distance (and
+per live max-pool candidate); the worst case is exponential in that number. On MNIST
+fnn-3x30-relu (2 cores) deciding "is there an adversarial point within r" at r near the
+certified radius takes about 0.05-0.7 s per image (call with max_eps=r), while the full
+minimum takes from about 10 s to several minutes per image, most of it proving that no
+other class is closer; small synthetic nets (20 inputs, 26 ReLUs) take 0.05-3 s. Nets with
+thousands of unstable ReLUs (the MNIST CNN) are out of reach except in tiny balls: pass
+`time_limit`.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from verifier.network import (
 # Relative outward padding of every computed bound: float64 rounding in the bound
 # arithmetic is many orders of magnitude below it, so each big-M constraint stays valid.
 _PAD = 1e-9
-# HiGHS' relative optimality gap for the distance t.
+# HiGHS' relative optimality gap on the distance t.
 _MIP_GAP = 1e-7
 # Largest L-infinity step used to push a solver point across the decision boundary.
 _NUDGE = 1e-6
@@ -50,7 +54,7 @@ STATUSES = ("optimal", "misclassified", "beyond_max_eps", "time_limit", "unconfi
 class ExactResult:
     """Minimal adversarial distance with its witness.
 
-    status: "optimal" (radius = eps*, adversarial within radius + 1e-6 of x with
+    status: "optimal" (radius = eps*, the MILP optimum; adversarial within radius + 1e-6 of x with
     argmax != label), "misclassified" (label is not the prediction at x; radius 0),
     "beyond_max_eps" (no adversarial point within max_eps; radius = max_eps is a lower
     bound), "time_limit" (radius is the best distance found, only an upper bound, or
@@ -390,6 +394,7 @@ def _build(ops, bounds, x, lo, hi, t_lo, t_hi, label, target, kappa):
 
 
 def _affine_rows(p: _Program, m, b, cur, lb, ub) -> np.ndarray:
+    """New columns z in [lb, ub] with z = M cur + b."""
     z = p.cols(lb, ub)
     coo = sp.coo_matrix(m)
     nout = m.shape[0]
@@ -399,11 +404,12 @@ def _affine_rows(p: _Program, m, b, cur, lb, ub) -> np.ndarray:
         np.r_[-coo.data, np.ones(nout)],
         b,
         b,
-    )  # z - M v = b
+    )
     return z
 
 
 def _relu_rows(p: _Program, cur, lb, ub, zero: int) -> np.ndarray:
+    """Big-M ReLU on the columns cur with pre-activation bounds [lb, ub]."""
     out = cur.copy()
     out[ub <= 0] = zero
     unstable = np.flatnonzero((lb < 0) & (ub > 0))
@@ -414,20 +420,22 @@ def _relu_rows(p: _Program, cur, lb, ub, zero: int) -> np.ndarray:
     a = p.cols(np.zeros(k), uu)
     d = p.cols(np.zeros(k), np.ones(k), integer=True)
     r = np.arange(k)
-    p.rows(np.r_[r, r], np.r_[a, z], np.r_[np.ones(k), -np.ones(k)], 0.0 * lu, np.inf)  # a >= z
+    # a >= z; a <= z - l (1 - d); a <= u d  (a >= 0 is a column bound)
+    p.rows(np.r_[r, r], np.r_[a, z], np.r_[np.ones(k), -np.ones(k)], 0.0 * lu, np.inf)
     p.rows(
         np.r_[r, r, r],
         np.r_[a, z, d],
         np.r_[np.ones(k), -np.ones(k), -lu],
         np.full(k, -np.inf),
         -lu,
-    )  # a <= z - l (1 - d)
+    )
     p.rows(np.r_[r, r], np.r_[a, d], np.r_[np.ones(k), -uu], np.full(k, -np.inf), 0.0 * uu)
-    out[unstable] = a  # a <= ub d
+    out[unstable] = a
     return out
 
 
 def _pool_rows(p: _Program, windows, cur, lb, ub) -> np.ndarray:
+    """Max-pool with one binary per window input that can be the maximum."""
     out = np.empty(len(windows), dtype=np.int64)
     for o, win in enumerate(windows):
         win = win[win >= 0]
@@ -443,13 +451,14 @@ def _pool_rows(p: _Program, windows, cur, lb, ub) -> np.ndarray:
         m = int(p.cols(lw.max(), big)[0])
         d = p.cols(np.zeros(k), np.ones(k), integer=True)
         r = np.arange(k)
+        # m >= v_i; m <= v_i + (U - l_i)(1 - d_i); sum d_i = 1
         p.rows(
             np.r_[r, r],
             np.r_[np.full(k, m), cur[win]],
             np.r_[np.ones(k), -np.ones(k)],
             np.zeros(k),
             np.inf,
-        )  # m >= v_i
+        )
         p.rows(
             np.r_[r, r, r],
             np.r_[np.full(k, m), cur[win], d],
@@ -457,7 +466,7 @@ def _pool_rows(p: _Program, windows, cur, lb, ub) -> np.ndarray:
             np.full(k, -np.inf),
             big - lw,
         )
-        p.rows(np.zeros(k, int), d, np.ones(k), 1.0, 1.0)  # m <= v_i + (U - l_i)(1 - d_i)
+        p.rows(np.zeros(k, int), d, np.ones(k), 1.0, 1.0)
         out[o] = m
     return out
 
@@ -518,21 +527,29 @@ def exact_radius(
     time_limit: float | None = None,
 ) -> ExactResult:
     """The minimal L-infinity distance eps* from x to a point of the input range whose
-    argmax differs from `label` (default: the prediction at x), by one MILP per target.
+    argmax differs from `label` (default: the prediction at x), by one MILP per target j:
+    min t s.t. |y - x| <= t, y in range, z_j(y) >= z_label(y). eps* is an infimum: at the
+    optimum the two logits may tie, so the witness is nudged across (see Tolerance).
 
     lower_bracket: a distance believed to have no adversarial point below it (e.g. a
-    certified radius). It is added as the cut t >= lower_bracket; whenever a MILP optimum
-    lands on that cut the target is solved again without it, so a wrong bracket can never
-    change the answer. upper_bracket: a distance believed to have an adversarial point;
-    it sets the box for the big-M bounds (default: a built-in PGD attack, else max_eps); if
-    nothing is found within it the search is repeated with max_eps.
+    certified radius), added as the cut t >= lower_bracket. It is dropped as soon as it is
+    refuted (the attack's point or a MILP optimum lies at or below it) but otherwise
+    trusted: leave it None when checking the method that produced it.
+    upper_bracket: a distance believed to have an adversarial point; it sets the box for
+    the big-M bounds (default: a built-in PGD attack, else max_eps); if nothing is found
+    within it, the search is repeated with max_eps.
+    time_limit: seconds for the whole call; when hit, status is "time_limit".
 
     Tolerance: HiGHS works with feasibility tolerances of about 1e-7 (1e-6 on
     integrality), so its optimum may sit exactly on, or a hair short of, the decision
     boundary. The returned adversarial point is the solver point pushed by at most 1e-6
     along the sign of the margin gradient: it lies within radius + 1e-6 of x and
-    net.forward confirms argmax != label there; `radius` is the MILP optimum.
+    net.forward confirms argmax != label there; `radius` is the MILP optimum (relative
+    gap 1e-7). If forward still disagrees, the target is solved again with the margin
+    z_j - z_label >= 1e-6.
     """
+    if not max_eps > 0:
+        raise ValueError(f"max_eps must be positive, got {max_eps}")
     ops = _lower(net)
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     pred = int(np.argmax(net.forward(x)))
@@ -587,6 +604,8 @@ class _Search:
             order.remove(best[2])
             order.insert(0, best[2])
         cap = radius_box * (1 + 1e-9) + 1e-12  # t <= cap; the slack lets the attack point fit
+        if adv is not None and radius_box < self.t_floor:
+            self.t_floor = 0.0  # the attack refutes the lower bracket
         status = "optimal"
         box_r = None
         for j in order:
@@ -614,7 +633,7 @@ class _Search:
 
     def _target(self, bnds, lo, hi, cap, j):
         """(outcome, t, point) of target j's MILP; t is None when nothing lies within cap."""
-        floor = self.t_floor
+        floor = min(self.t_floor, cap)
         kappa = 0.0
         while True:
             remaining = self._remaining()
@@ -629,7 +648,7 @@ class _Search:
                 return outcome, None, None  # no adversarial of class j within the cap
             t = float(res.x[t_col])
             if floor > 0 and t <= floor * (1 + 1e-7) + 1e-12:
-                floor = 0.0  # the optimum sits on the lower bracket: do not trust it
+                floor = self.t_floor = 0.0  # an optimum on the lower bracket refutes it
                 continue
             point = _confirm(
                 self.net,
