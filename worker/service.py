@@ -21,7 +21,12 @@ import numpy as np
 import structlog
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, ProducerFencedError, TopicAlreadyExistsError
+from kafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    ProducerFencedError,
+    TopicAlreadyExistsError,
+)
 from kafka.structs import OffsetAndMetadata
 
 from verifier.network import load_onnx
@@ -297,13 +302,24 @@ class Service:
             tp = TopicPartition(r.topic, r.partition)
             if tp not in offsets or offsets[tp].offset <= r.offset:
                 offsets[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
-        producer.send_offsets_to_transaction(offsets, consumer.group_metadata())
-        producer.commit_transaction()
+        txn = producer._transaction_manager
+        self._await(producer, txn.send_offsets_to_transaction(offsets, consumer.group_metadata()),
+                    "sending the offsets")
+        self._await(producer, txn.begin_commit(), "the commit")
+
+    def _await(self, producer: KafkaProducer, result, what: str) -> None:
+        """Wait for a transactional request, at most the transaction timeout (the broker aborts
+        the transaction by then): kafka-python's own methods wait without a bound, and a request
+        lost to a broker restart would block the worker forever."""
+        producer._sender.wakeup()
+        timeout_ms = self.cfg.transaction_timeout_ms
+        if not result.wait(timeout_ms=timeout_ms):
+            raise KafkaTimeoutError(f"{what} did not complete in {timeout_ms} ms")
 
     def _abort(self, producer: KafkaProducer) -> KafkaProducer:
         """Abort the open transaction; replace a producer that cannot abort."""
         try:
-            producer.abort_transaction()
+            self._await(producer, producer._transaction_manager.begin_abort(), "the abort")
             return producer
         except KafkaError as exc:
             log.warning("abort failed; starting a new producer", error=repr(exc))
