@@ -64,6 +64,15 @@ class ServiceConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+        owned = {"bootstrap_servers", "group_id", "client_id", "transactional_id",
+                 "transaction_timeout_ms", "enable_auto_commit", "isolation_level",
+                 "auto_offset_reset", "max_poll_records"}
+        clash = sorted(owned & set(self.kafka))
+        if clash:
+            raise ConfigError(
+                f"kafka settings {clash} are set by the worker itself; use its own options "
+                "(--bootstrap, --group, --worker-id, --max-batch) instead"
+            )
         if not self.restore_timeout_s > 0:
             raise ConfigError(f"restore_timeout_s must be positive, got {self.restore_timeout_s}")
 

@@ -201,3 +201,15 @@ def test_scorer_returns_errors_in_place(znet) -> None:
 def test_unknown_policy_is_refused(znet, profile, scorer) -> None:
     with pytest.raises(ValueError, match="policy"):
         Processor(znet, profile, "majority", scorer)
+
+
+def test_kafka_settings_the_worker_owns_are_refused() -> None:
+    """A kafka config that would clash with the worker's own client arguments fails clearly."""
+    from pathlib import Path
+
+    from worker.config import ConfigError, ServiceConfig
+
+    for key in ("transaction_timeout_ms", "isolation_level", "group_id"):
+        with pytest.raises(ConfigError, match=key):
+            ServiceConfig(bootstrap="127.0.0.1:9092", model=Path("m.onnx"),
+                          profile=Path("p.json"), kafka={key: 1})
