@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", type=Path, default=DEFAULT_STREAM, help="recording (.rgr)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--jobs", type=int, default=1, help="verifier threads per worker")
-    p.add_argument("--policy", choices=("threshold", "distribution"), default="distribution")
+    p.add_argument("--policy", choices=("threshold", "distribution"), default="threshold",
+                   help="threshold (the profile default) or distribution (Algorithm 2)")
     pace = p.add_mutually_exclusive_group()
     pace.add_argument("--speed", type=float, default=1.0,
                       help="replay speed as a multiple of the recorded pace (default 1)")

@@ -292,7 +292,7 @@ def test_demo_end_to_end(tmp_path: Path, fnn_profile: Path, capsys) -> None:
     data_dir = tmp_path / "demo"
     rc = main(["demo", "--model", str(FNN), "--profile", str(fnn_profile), "--stream",
                str(recording), "--data-dir", str(data_dir), "--jar-cache", str(JAR_CACHE),
-               "--speed", "4", "--timeout", "300"])
+               "--speed", "4", "--timeout", "300", "--policy", "distribution"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     lines = captured.out.splitlines()
