@@ -182,16 +182,7 @@ def output_bounds(net: Network | ZonoNet, box: InputBox) -> tuple[np.ndarray, np
     znet = ZonoNet.of(net)
     z = propagate(znet, box)
     if znet.last is not None:
-        last = _prepare(znet.last)
-        _, _, rad = z.bounds()
-        w, wt, aw, b = last.arrays
-        if z.is_dense:
-            c, g, beta = K.dense_affine(z.c, z.dense, z.beta, rad, w, wt, aw, b)
-        else:
-            c, g, beta = K.csr_to_dense_affine(
-                z.c, z.indptr, z.idx, z.val, z.beta, rad, z.m, wt, aw, b
-            )
-        z = Zonotope(c, beta, g.shape[1], dense=g)
+        z = _apply(_prepare(znet.last), z)
     lo, hi, _ = z.bounds()
     return lo, hi
 
