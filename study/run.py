@@ -490,7 +490,7 @@ def study_network(
     mis_pool = np.flatnonzero(~correct)
     t0 = time.perf_counter()
     rec: dict[str, Any] = {
-        "name": netcfg.name, "onnx": str(onnx_path), "sha256": net.sha256,
+        "name": netcfg.name, "onnx": _shown(str(onnx_path)), "sha256": net.sha256,
         "dataset": netcfg.dataset, "activation": activation_of(net), "fnn": is_fnn(net),
         "n_test": int(len(data.y)), "accuracy": float(correct.mean()), "sets": {},
         "attacks": {},
@@ -594,7 +594,7 @@ def _limit_threads(n: int) -> None:
 
 def _config_record(cfg: StudyConfig) -> dict[str, Any]:
     return {
-        "source": cfg.source, "n": cfg.n, "seed": cfg.seed, "data": cfg.data, "up": cfg.up,
+        "source": cfg.source, "n": cfg.n, "seed": cfg.seed, "data": _shown(cfg.data), "up": cfg.up,
         "tol": cfg.tol, "search": cfg.search, "jobs": cfg.jobs, "exact": cfg.exact,
         "exact_n": cfg.exact_n, "exact_time_limit": cfg.exact_time_limit,
         "exact_categories": list(cfg.exact_categories or cfg.categories),
@@ -618,3 +618,11 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def _shown(path: str) -> str:
+    """A path as a report shows it: relative to the working directory when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path
