@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from worker.argtypes import positive_int
+
 
 def cmd_study(args: argparse.Namespace) -> int:
     """Run the study of ``--config`` into ``--out`` and print where the report is."""
@@ -34,22 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, type=Path, help="study TOML, e.g. "
                    "study/configs/quick.toml")
     p.add_argument("--out", required=True, type=Path, help="output directory (report, cache)")
-    p.add_argument("--n", type=_positive_int, help="inputs per category and selection "
+    p.add_argument("--n", type=positive_int, help="inputs per category and selection "
                    "(overrides the config)")
     p.add_argument("--networks", help="comma-separated subset of the config's networks")
     p.add_argument("--no-cache", action="store_true", help="recompute everything")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     p.set_defaults(func=cmd_study)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
+from worker.argtypes import positive_float, positive_int
+
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # zonotope passes are single-threaded BLAS
 
 
@@ -17,34 +19,14 @@ class CliError(Exception):
     """An error to show the user as one line, without a traceback."""
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
 def _add_verifier_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--up", type=_positive_float, default=0.256, help="upper end of the search")
-    p.add_argument("--tol", type=_positive_float, default=0.001, help="search tolerance")
+    p.add_argument("--up", type=positive_float, default=0.256, help="upper end of the search")
+    p.add_argument("--tol", type=positive_float, default=0.001, help="search tolerance")
     p.add_argument(
         "--search", choices=("secant", "bisect"), default="secant",
         help="secant: margin-guided, fewer passes, never below bisect; bisect: Algorithm 1",
     )
-    p.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1, help="threads")
+    p.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 1, help="threads")
 
 
 # ----------------------------------------------------------------------------- radius
@@ -406,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("kafka", help="a local single-node Apache Kafka broker (KRaft)")
     p.add_argument("action", choices=("start", "stop", "status"))
-    p.add_argument("--port", type=_positive_int, default=9092)
+    p.add_argument("--port", type=positive_int, default=9092)
     p.add_argument("--data-dir", default=".cache/kafka/broker")
     p.add_argument("--jar-cache", default=".cache/kafka/libs")
     p.set_defaults(func=cmd_kafka)
@@ -421,10 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-topic", default="radiusguard.verdicts")
     p.add_argument("--group", default="radiusguard", help="consumer group id")
     p.add_argument("--worker-id", help="stable id of this worker (default: host-pid)")
-    p.add_argument("--max-batch", type=_positive_int, default=32, help="records per transaction")
-    p.add_argument("--max-input-bytes", type=_positive_int, default=1 << 20,
+    p.add_argument("--max-batch", type=positive_int, default=32, help="records per transaction")
+    p.add_argument("--max-input-bytes", type=positive_int, default=1 << 20,
                    help="larger input records are invalid")
-    p.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1, help="threads")
+    p.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 1, help="threads")
     p.add_argument("--metrics-host", default="127.0.0.1")
     p.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz here")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -434,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", help=".npy/.npz array [N, ...] in [0, 1] (or uint8), or a folder "
                    "of PNG images")
     p.add_argument("--stream", required=True, help="stream id (the record key), e.g. cam-1")
-    p.add_argument("--rate", type=_positive_float, help="inputs per second (default: at once)")
+    p.add_argument("--rate", type=positive_float, help="inputs per second (default: at once)")
     p.add_argument("--labels", help="labels to attach (.npy, or .npz with 'y')")
     p.add_argument("--topic", default="radiusguard.inputs")
     p.add_argument("--dtype", choices=("uint8", "float32", "float64"),
@@ -446,9 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("record", help="record a topic into a replay file (.rgr)")
     p.add_argument("--topic", required=True)
     p.add_argument("--out", required=True, help="replay file to write")
-    p.add_argument("--idle", type=_positive_float, default=5.0,
+    p.add_argument("--idle", type=positive_float, default=5.0,
                    help="stop after this many seconds without a new record")
-    p.add_argument("--limit", type=_positive_int, help="stop after this many records")
+    p.add_argument("--limit", type=positive_int, help="stop after this many records")
     _add_kafka_options(p)
     p.set_defaults(func=cmd_record)
 
@@ -456,10 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="replay file (.rgr) from `radiusguard record`")
     p.add_argument("--topic", required=True)
     pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=_positive_float, default=1.0,
+    pace.add_argument("--rate", type=positive_float, default=1.0,
                       help="speed as a multiple of the recorded pace (default 1)")
     pace.add_argument("--fast", action="store_true", help="as fast as possible")
-    p.add_argument("--streams", type=_positive_int, default=1,
+    p.add_argument("--streams", type=positive_int, default=1,
                    help="fan each record out to N streams (keys suffixed -0 .. -N-1)")
     _add_kafka_options(p)
     p.set_defaults(func=cmd_replay)
@@ -487,7 +469,7 @@ def _unit_fraction(text: str) -> float:
 
 
 def _window_size(text: str) -> int:
-    value = _positive_int(text)
+    value = positive_int(text)
     if value < 8:
         raise argparse.ArgumentTypeError(f"the window needs at least 8 radii, got {text!r}")
     return value
