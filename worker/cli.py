@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from worker.argtypes import positive_float, positive_int
+from worker.argtypes import positive_float, positive_int, unit_fraction
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # zonotope passes are single-threaded BLAS
 
@@ -374,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="ONNX model")
     p.add_argument("valid", help="valid inputs: .npy/.npz [N, ...] or a folder of PNG images")
     p.add_argument("--labels", required=True, help="their labels (.npy, or .npz with 'y')")
-    p.add_argument("--max-false-alarm", type=_unit_fraction, required=True,
+    p.add_argument("--max-false-alarm", type=unit_fraction, required=True,
                    help="largest share of valid inputs to reject, e.g. 0.03")
     p.add_argument("--attack", type=_attack_spec, action="append", default=[],
                    metavar="NAME=ADV.npy", help="adversarial inputs to score (repeatable)")
@@ -456,16 +456,6 @@ def build_parser() -> argparse.ArgumentParser:
     for register in _extra_commands():
         register(sub)
     return parser
-
-
-def _unit_fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
-    return value
 
 
 def _window_size(text: str) -> int:
