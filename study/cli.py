@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from worker.argtypes import positive_int
@@ -19,6 +20,10 @@ def cmd_study(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("art").setLevel(logging.WARNING)  # its per-batch success lines are noise
     config = load_config(args.config, n=args.n)
+    if args.jobs:
+        config = replace(config, jobs=args.jobs)
+    if args.torch_threads:
+        config = replace(config, torch_threads=args.torch_threads)
     if args.networks:
         config = select_networks(config, [n.strip() for n in args.networks.split(",")])
     t0 = time.perf_counter()
@@ -39,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=positive_int, help="inputs per category and selection "
                    "(overrides the config)")
     p.add_argument("--networks", help="comma-separated subset of the config's networks")
+    p.add_argument("--jobs", type=positive_int, help="radius threads (overrides the config)")
+    p.add_argument("--torch-threads", type=positive_int,
+                   help="threads of training and attacks (overrides the config)")
     p.add_argument("--no-cache", action="store_true", help="recompute everything")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     p.set_defaults(func=cmd_study)

@@ -56,7 +56,16 @@ class NetworkConfig:
     dataset: str = "MNIST"
     train_epochs: int | None = None
     train_seed: int = 0
+    train_arch: str | None = None
     exact: bool | None = None
+    n: int | None = None
+    valid_n: int | None = None
+    selections: tuple[str, ...] | None = None
+    detail: bool = True
+
+    def arch(self) -> str:
+        """The architecture name study.nets parses (the network's name unless given)."""
+        return self.train_arch or self.name
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,8 @@ class StudyConfig:
     exact_time_limit: float = 60.0
     exact_categories: tuple[str, ...] = ()
     max_attack_sources: int = 20
+    valid_n: int | None = None
+    selections: tuple[str, ...] = SELECTIONS
     algorithm2: Algorithm2Config = field(default_factory=Algorithm2Config)
     source: str = ""
 
@@ -99,6 +110,18 @@ class StudyConfig:
     def categories(self) -> tuple[str, ...]:
         """valid, misclassified, then the attacks in config order."""
         return NATURAL + tuple(a.name for a in self.attacks)
+
+    def n_of(self, net: NetworkConfig) -> int:
+        """Inputs per category and selection for `net` (its own n, else the study's)."""
+        return net.n or self.n
+
+    def valid_n_of(self, net: NetworkConfig) -> int:
+        """Valid inputs per selection for `net` (the p-value uses the first of them)."""
+        return max(net.valid_n or self.valid_n or 0, self.n_of(net))
+
+    def selections_of(self, net: NetworkConfig) -> tuple[str, ...]:
+        """The selections (first, random) studied on `net`."""
+        return net.selections or self.selections
 
 
 def resolve_path(text: str, base: Path | None = None) -> Path:
@@ -136,26 +159,7 @@ def config_from_dict(
     nets_raw = raw.get("networks")
     if not isinstance(nets_raw, list) or not nets_raw:
         raise ConfigError("the config needs at least one [[networks]] entry")
-    networks = []
-    for i, entry in enumerate(nets_raw):
-        if not isinstance(entry, dict) or "name" not in entry:
-            raise ConfigError(f"networks[{i}] needs a name")
-        onnx = entry.get("onnx")
-        train = entry.get("train")
-        if onnx is None and train is None:
-            raise ConfigError(f"network {entry['name']!r} needs 'onnx' or a 'train' table")
-        onnx_path = resolve_path(str(onnx), base) if onnx is not None else None
-        if onnx_path is not None and train is None and not onnx_path.is_file():
-            raise ConfigError(f"network {entry['name']!r}: ONNX file {onnx} not found")
-        train = dict(train) if isinstance(train, dict) else ({} if train else None)
-        networks.append(NetworkConfig(
-            name=str(entry["name"]),
-            onnx=onnx_path,
-            dataset=str(entry.get("dataset", "MNIST")),
-            train_epochs=None if train is None else int(train.get("epochs", 10)),
-            train_seed=0 if train is None else int(train.get("seed", 0)),
-            exact=entry.get("exact"),
-        ))
+    networks = [_network_config(i, entry, base) for i, entry in enumerate(nets_raw)]
     attacks_raw = raw.get("attacks", {name: {} for name in DEFAULT_ATTACKS})
     try:
         attacks = tuple(attack_spec(name, dict(p)) for name, p in attacks_raw.items())
@@ -169,6 +173,8 @@ def config_from_dict(
         raise ConfigError(f"[algorithm2] has unknown keys {sorted(unknown)}")
     if "exact_categories" in study:
         study["exact_categories"] = tuple(str(c) for c in study["exact_categories"])
+    if "selections" in study:
+        study["selections"] = _selections_setting(study["selections"], "[study]")
     data = str(study.pop("data", "mnist"))
     if data.startswith("cifar10:"):
         data = "cifar10:" + str(resolve_path(data.split(":", 1)[1], base))
@@ -183,12 +189,59 @@ def config_from_dict(
         **study,
     )
     if n is not None:
-        cfg = replace(cfg, n=int(n))
-    if cfg.n < 1:
+        cfg = replace(cfg, n=int(n), valid_n=None,
+                      networks=tuple(replace(x, n=None, valid_n=None) for x in cfg.networks))
+    if cfg.n < 1 or any(x.n is not None and x.n < 1 for x in cfg.networks):
         raise ConfigError("n must be >= 1")
     if cfg.algorithm2.s < 8:
         raise ConfigError("algorithm2.s must be >= 8 (the normality test needs 8 values)")
     return cfg
+
+
+NETWORK_KEYS = frozenset({"name", "onnx", "train", "dataset", "exact", "n", "valid_n",
+                          "selections", "detail"})
+
+
+def _network_config(i: int, entry: Any, base: Path | None) -> NetworkConfig:
+    """One [[networks]] entry: an ONNX path or a train table, plus per-network settings."""
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise ConfigError(f"networks[{i}] needs a name")
+    name = str(entry["name"])
+    unknown = set(entry) - NETWORK_KEYS
+    if unknown:
+        raise ConfigError(f"network {name!r} has unknown keys {sorted(unknown)}")
+    onnx = entry.get("onnx")
+    train = entry.get("train")
+    if onnx is None and train is None:
+        raise ConfigError(f"network {name!r} needs 'onnx' or a 'train' table")
+    onnx_path = resolve_path(str(onnx), base) if onnx is not None else None
+    if onnx_path is not None and train is None and not onnx_path.is_file():
+        raise ConfigError(f"network {name!r}: ONNX file {onnx} not found")
+    train = dict(train) if isinstance(train, dict) else ({} if train else None)
+    if train is not None and set(train) - {"epochs", "seed", "arch"}:
+        raise ConfigError(f"network {name!r}: train takes epochs, seed and arch")
+    sels = entry.get("selections")
+    return NetworkConfig(
+        name=name,
+        onnx=onnx_path,
+        dataset=str(entry.get("dataset", "MNIST")),
+        train_epochs=None if train is None else int(train.get("epochs", 10)),
+        train_seed=0 if train is None else int(train.get("seed", 0)),
+        train_arch=None if train is None or "arch" not in train else str(train["arch"]),
+        exact=entry.get("exact"),
+        n=None if entry.get("n") is None else int(entry["n"]),
+        valid_n=None if entry.get("valid_n") is None else int(entry["valid_n"]),
+        selections=None if sels is None else _selections_setting(sels, f"network {name!r}"),
+        detail=bool(entry.get("detail", True)),
+    )
+
+
+def _selections_setting(value: Any, where: str) -> tuple[str, ...]:
+    sels = tuple(str(v) for v in value) if isinstance(value, list) else ()
+    if not sels or not set(sels) <= set(SELECTIONS) or "first" not in sels:
+        raise ConfigError(f"{where}: selections must be a list with \"first\" and optionally "
+                          "\"random\"")
+    return tuple(s for s in SELECTIONS if s in sels)
 
 
 def select_networks(cfg: StudyConfig, names: list[str]) -> StudyConfig:
@@ -272,7 +325,7 @@ def ensure_network(netcfg: NetworkConfig, out: Path) -> Path:
 
     log.info("training %s for %d epochs", netcfg.name, netcfg.train_epochs)
     data = load_mnist()
-    spec = parse_net_name(netcfg.name, seed=netcfg.train_seed)
+    spec = parse_net_name(netcfg.arch(), seed=netcfg.train_seed)
     model, acc = train(spec, data, int(netcfg.train_epochs or 10), netcfg.train_seed)
     meta = {"radiusguard.net": spec.name, "radiusguard.input": "uint8 pixels / 255"}
     export_onnx(model, path, check_x=data.test_x[:256], metadata=meta)
@@ -485,6 +538,8 @@ def study_network(
     if net.input_size != data.x[0].size:
         raise ConfigError(f"{netcfg.name}: input size {net.input_size} does not match the data")
     pred = predictions(net, data, cache)
+    n = cfg.n_of(netcfg)
+    sels = cfg.selections_of(netcfg)
     correct = pred == data.y
     valid_pool = np.flatnonzero(correct)
     mis_pool = np.flatnonzero(~correct)
@@ -493,14 +548,18 @@ def study_network(
         "name": netcfg.name, "onnx": _shown(str(onnx_path)), "sha256": net.sha256,
         "dataset": netcfg.dataset, "activation": activation_of(net), "fnn": is_fnn(net),
         "n_test": int(len(data.y)), "accuracy": float(correct.mean()), "sets": {},
-        "attacks": {},
+        "attacks": {}, "n": n, "valid_n": cfg.valid_n_of(netcfg), "selections": list(sels),
+        "detail": netcfg.detail,
     }
     sets: dict[str, dict[str, dict[str, Any]]] = {}
     first_inputs: dict[str, np.ndarray] = {}
     for cat, pool in (("valid", valid_pool), ("misclassified", mis_pool)):
         rng = np.random.default_rng([cfg.seed, NATURAL.index(cat)])
         sets[cat] = {}
-        for sel, idx in _selections(pool, cfg.n, rng).items():
+        count = cfg.valid_n_of(netcfg) if cat == "valid" else n
+        for sel, idx in _selections(pool, count, rng).items():
+            if sel not in sels:
+                continue
             xs = data.floats(idx)
             r = radii_of(net, xs, cfg, cache, f"{netcfg.name} {cat}/{sel}")
             sets[cat][sel] = {"index": idx, **r}
@@ -515,7 +574,9 @@ def study_network(
         sets[spec.name] = {}
         rec["attacks"][spec.name] = {"params": spec.describe()}
         for sel, order in orders.items():
-            adv = adversarial_set(net, onnx_path, spec, data, order, cfg.n, cfg, cache, classifier)
+            if sel not in sels:
+                continue
+            adv = adversarial_set(net, onnx_path, spec, data, order, n, cfg, cache, classifier)
             r = radii_of(net, adv["x"], cfg, cache, f"{netcfg.name} {spec.name}/{sel}")
             sets[spec.name][sel] = {"index": adv["index"], **r}
             if sel == "first":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
+import json
 import math
 import re
 from pathlib import Path
@@ -39,7 +40,12 @@ def tiny_config(n: int = 4) -> run_mod.StudyConfig:
         "algorithm2": {"s": 8, "n_valid": n, "n_adversarial": n, "shuffles": 2},
         "attacks": {"fgsm_0.1": {"kind": "fgsm", "eps": 0.1},
                     "fgsm_0.05": {"kind": "fgsm", "eps": 0.05}},
-        "networks": [{"name": "fnn-3x30-relu", "onnx": str(MODEL)}],
+        "networks": [
+            {"name": "fnn-3x30-relu", "onnx": str(MODEL)},
+            # Table I only: fewer inputs, first selection, more valid radii for the p-value.
+            {"name": "fnn-3x30-relu-t1", "onnx": str(MODEL), "n": 3, "valid_n": 9,
+             "selections": ["first"], "detail": False, "exact": False},
+        ],
     }
     return run_mod.config_from_dict(raw, source="tiny")
 
@@ -59,7 +65,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def test_table1_is_complete_and_finite(study_out: Path) -> None:
     rows = _rows(study_out / "table1.csv")
-    assert len(rows) == 1
+    assert [r["network"] for r in rows] == ["fnn-3x30-relu", "fnn-3x30-relu-t1"]
     assert list(rows[0]) == list(TABLE1_COLUMNS)
     row = rows[0]
     assert row["network"] == "fnn-3x30-relu" and row["activation"] == "relu"
@@ -70,8 +76,26 @@ def test_table1_is_complete_and_finite(study_out: Path) -> None:
     assert float(row["valid"]) > float(row["fgsm_0.1"])
 
 
+def test_per_network_settings_shape_the_sets(study_out: Path) -> None:
+    results = json.loads((study_out / "results.json").read_text())
+    main, t1 = results["networks"]
+    assert (main["n"], main["valid_n"], main["selections"]) == (4, 4, ["first", "random"])
+    assert (t1["n"], t1["valid_n"], t1["selections"], t1["detail"]) == (3, 9, ["first"], False)
+    assert len(t1["sets"]["valid"]["first"]["radius"]) == 9
+    assert all(set(s) == {"first"} for s in t1["sets"].values())
+    assert len(t1["sets"]["fgsm_0.1"]["first"]["radius"]) == 3
+    assert "exact" not in t1
+    # The Table I mean of valid radii is over the first n, like every other category.
+    row = _rows(study_out / "table1.csv")[1]
+    valid = t1["sets"]["valid"]["first"]["radius"][:3]
+    assert float(row["valid"]) == pytest.approx(float(np.mean(valid)))
+    # Networks outside the detailed set get no figures and no Algorithm 2 rows.
+    assert not (study_out / "roc_fnn-3x30-relu-t1.png").exists()
+    assert all(r["network"] == "fnn-3x30-relu" for r in _rows(study_out / "algorithm2.csv"))
+
+
 def test_table2_covers_every_category_selection_and_threshold(study_out: Path) -> None:
-    rows = _rows(study_out / "table2.csv")
+    rows = [r for r in _rows(study_out / "table2.csv") if r["network"] == "fnn-3x30-relu"]
     keys = {(r["selection"], r["category"]) for r in rows}
     assert keys == set(itertools.product(("first", "random"), CATEGORIES))
     for r in rows:
@@ -84,8 +108,9 @@ def test_table2_covers_every_category_selection_and_threshold(study_out: Path) -
 def test_roc_files_and_auc_match_the_report(study_out: Path) -> None:
     for name in ("roc", "counts", "hist"):
         assert (study_out / f"{name}_fnn-3x30-relu.png").stat().st_size > 1000
-    points = _rows(study_out / "roc.csv")
-    aucs = {r["category"]: float(r["auc"]) for r in _rows(study_out / "auc.csv")}
+    points = [r for r in _rows(study_out / "roc.csv") if r["network"] == "fnn-3x30-relu"]
+    aucs = {r["category"]: float(r["auc"]) for r in _rows(study_out / "auc.csv")
+            if r["network"] == "fnn-3x30-relu"}
     assert set(aucs) == set(CATEGORIES) - {"valid"}
     report = (study_out / "report.md").read_text()
     for cat, auc in aucs.items():
@@ -161,6 +186,37 @@ def test_shipped_configs_parse() -> None:
         assert cfg.categories == ("valid", "misclassified", "fgsm_0.1", "fgsm_0.05", "cw", "hop")
 
 
+def test_full_config_is_the_papers_table1_set() -> None:
+    from study import paper
+    from study.nets import parse_net_name
+
+    cfg = run_mod.load_config(ROOT / "study" / "configs" / "full.toml")
+    assert {n.name for n in cfg.networks} == set(paper.TABLE1)
+    for net in cfg.networks:
+        parse_net_name(net.arch())  # every network is buildable by study.train
+        assert net.onnx is not None or net.train_epochs
+    cnn = next(n for n in cfg.networks if n.name == paper.TABLE2_NETWORK)
+    assert cfg.n_of(cnn) == 100 and cfg.selections_of(cnn) == ("first", "random")
+    seeds = {n.train_seed for n in cfg.networks if n.arch() == "fnn-3x30-relu" and n.train_epochs}
+    assert seeds == {1, 2}
+    # --n overrides every per-network count.
+    small = run_mod.load_config(ROOT / "study" / "configs" / "full.toml", n=2)
+    assert {(small.n_of(n), small.valid_n_of(n)) for n in small.networks} == {(2, 2)}
+
+
+def test_per_network_config_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    for entry, match in [
+        ('onnx = "MODEL"\nselections = ["random"]', "selections"),
+        ('onnx = "MODEL"\nbogus = 2', "bogus"),
+        ('train = { epochs = 1, speed = 3 }', "train takes"),
+        ('onnx = "MODEL"\nn = 0', "n must be"),
+    ]:
+        bad.write_text('[[networks]]\nname = "x"\n' + entry.replace("MODEL", str(MODEL)) + "\n")
+        with pytest.raises(run_mod.ConfigError, match=match):
+            run_mod.load_config(bad)
+
+
 def test_cli_registers_the_study_subcommand(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
@@ -170,7 +226,7 @@ def test_cli_registers_the_study_subcommand(tmp_path: Path) -> None:
 
 def test_network_subset_selection() -> None:
     cfg = tiny_config()
-    assert run_mod.select_networks(cfg, ["fnn-3x30-relu"]).networks == cfg.networks
+    assert run_mod.select_networks(cfg, ["fnn-3x30-relu"]).networks == cfg.networks[:1]
     with pytest.raises(run_mod.ConfigError, match="not in the config"):
         run_mod.select_networks(cfg, ["cnn-9-9-9-relu"])
 
