@@ -19,7 +19,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("art").setLevel(logging.WARNING)  # its per-batch success lines are noise
-    config = load_config(args.config, n=args.n)
+    config = load_config(args.config, n=args.n, data=args.data)
     if args.jobs:
         config = replace(config, jobs=args.jobs)
     if args.torch_threads:
@@ -44,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=positive_int, help="inputs per category and selection "
                    "(overrides the config)")
     p.add_argument("--networks", help="comma-separated subset of the config's networks")
+    p.add_argument("--data", help="test data (overrides the config): mnist, cifar10:DIR or an "
+                   "NPZ with uint8 x and labels y")
     p.add_argument("--jobs", type=positive_int, help="radius threads (overrides the config)")
     p.add_argument("--torch-threads", type=positive_int,
                    help="threads of training and attacks (overrides the config)")

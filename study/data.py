@@ -31,7 +31,8 @@ PKL_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 
 @dataclass(frozen=True)
 class MnistData:
-    """MNIST as 60k train (train+valid) and 10k test; images float32 [N,1,28,28] in [0,1]."""
+    """Train and test images, float32 [N,C,H,W] in [0,1], with int labels: MNIST (60k train,
+    10k test, [N,1,28,28]) or, from ``load_cifar10``, CIFAR-10 ([N,3,32,32])."""
 
     train_x: np.ndarray
     train_y: np.ndarray
@@ -190,3 +191,24 @@ def load_cifar10_test(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
     """The CIFAR-10 test set from ``test_batch`` (or a directory holding it)."""
     path = Path(path)
     return load_cifar10_batch(path / "test_batch" if path.is_dir() else path)
+
+
+CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+
+
+def load_cifar10(path: Path | str) -> MnistData:
+    """CIFAR-10 for training: ``data_batch_1..5`` and ``test_batch`` of the python version, from
+    the directory ``path`` (or the directory of a batch file), as float images in [0, 1]."""
+    root = Path(path)
+    root = root if root.is_dir() else root.parent
+    missing = [b for b in (*CIFAR_TRAIN_BATCHES, "test_batch") if not (root / b).is_file()]
+    if missing:
+        raise ValueError(f"{root}: CIFAR-10 training needs {', '.join(missing)}")
+    parts = [load_cifar10_batch(root / b) for b in CIFAR_TRAIN_BATCHES]
+    test_x, test_y = load_cifar10_batch(root / "test_batch")
+    return MnistData(
+        train_x=from_uint8(np.concatenate([x for x, _ in parts])),
+        train_y=np.concatenate([y for _, y in parts]),
+        test_x=from_uint8(test_x),
+        test_y=test_y,
+    )

@@ -1,7 +1,9 @@
-"""Network architectures of the study (MNIST FNNs and a small CNN) and their naming scheme.
+"""Network architectures of the study (MNIST FNNs and CNNs, LeNet-5 for CIFAR-10) and their
+naming scheme.
 
-Names look like ``fnn-3x30-relu``, ``fnn-50-20-tanh`` or ``cnn-6-16-128-relu``; the
-parser is torch-free so the naming can be used without the ``study`` extra.
+Names look like ``fnn-3x30-relu``, ``fnn-50-20-tanh``, ``cnn-6-16-128-relu`` or
+``lenet5-relu``; the parser is torch-free so the naming can be used without the ``study``
+extra.
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ if TYPE_CHECKING:
 
 Activation = Literal["relu", "sigmoid", "tanh"]
 ACTIVATIONS: tuple[str, ...] = ("relu", "sigmoid", "tanh")
-KINDS: tuple[str, ...] = ("fnn", "cnn")
+KINDS: tuple[str, ...] = ("fnn", "cnn", "lenet5")
 
 _FNN_RE = re.compile(r"^fnn-(?:(?P<n>\d+)x(?P<w>\d+)|(?P<list>\d+(?:-\d+)*))-(?P<act>[a-z]+)$")
 _CNN_RE = re.compile(r"^cnn-(?P<c1>\d+)-(?P<c2>\d+)-(?P<fc>\d+)-(?P<act>[a-z]+)$")
+_LENET_RE = re.compile(r"^lenet5-(?P<act>[a-z]+)$")
 
 
 @dataclass(frozen=True)
 class NetSpec:
-    """Architecture description: FNN ``sizes`` are hidden widths, CNN ``sizes`` are (c1, c2, fc)."""
+    """Architecture description: FNN ``sizes`` are hidden widths, CNN ``sizes`` are (c1, c2, fc),
+    LeNet-5 ``sizes`` are (6, 16, 120, 84)."""
 
     name: str
     kind: str
@@ -31,16 +35,24 @@ class NetSpec:
     activation: str
     seed: int = 0
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one input: MNIST for FNNs and CNNs, CIFAR-10 for LeNet-5."""
+        return (3, 32, 32) if self.kind == "lenet5" else (1, 28, 28)
+
     def build(self) -> nn.Module:
         """Instantiate the (untrained) torch module; weights depend on the torch RNG state."""
         if self.kind == "fnn":
             return fnn(list(self.sizes), self.activation)
+        if self.kind == "lenet5":
+            return lenet5(self.activation)
         c1, c2, fc = self.sizes
         return cnn(c1, c2, fc, self.activation)
 
 
 def parse_net_name(name: str, seed: int = 0) -> NetSpec:
-    """Parse ``fnn-<L>x<W>-<act>``, ``fnn-<w1>-...-<wk>-<act>`` or ``cnn-<c1>-<c2>-<fc>-<act>``."""
+    """Parse ``fnn-<L>x<W>-<act>``, ``fnn-<w1>-...-<wk>-<act>``, ``cnn-<c1>-<c2>-<fc>-<act>`` or
+    ``lenet5-<act>``."""
     text = name.strip().lower()
     if m := _FNN_RE.match(text):
         if m["list"] is not None:
@@ -51,10 +63,13 @@ def parse_net_name(name: str, seed: int = 0) -> NetSpec:
     elif m := _CNN_RE.match(text):
         sizes = (int(m["c1"]), int(m["c2"]), int(m["fc"]))
         kind = "cnn"
+    elif m := _LENET_RE.match(text):
+        sizes = (6, 16, 120, 84)
+        kind = "lenet5"
     else:
         raise ValueError(
             f"bad network name {name!r}; expected e.g. fnn-3x30-relu, fnn-50-20-tanh, "
-            "cnn-6-16-128-relu"
+            "cnn-6-16-128-relu, lenet5-relu"
         )
     act = m["act"]
     if act not in ACTIVATIONS:
@@ -104,4 +119,25 @@ def cnn(c1: int, c2: int, fc: int, activation: Activation) -> nn.Sequential:
         nn.Linear(c2 * 5 * 5, fc),
         _act(activation),
         nn.Linear(fc, 10),
+    )
+
+
+def lenet5(activation: Activation) -> nn.Sequential:
+    """LeNet-5 for 32x32 RGB (the paper's CNN-CIFAR): (5x5 conv, act, 2x2 max-pool) with 6 and
+    16 filters, then 120 and 84 hidden units and 10 logits; 32 -> 28 -> 14 -> 10 -> 5."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 5),
+        _act(activation),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        _act(activation),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 5 * 5, 120),
+        _act(activation),
+        nn.Linear(120, 84),
+        _act(activation),
+        nn.Linear(84, 10),
     )

@@ -135,8 +135,9 @@ def resolve_path(text: str, base: Path | None = None) -> Path:
     return p
 
 
-def load_config(path: str | Path, n: int | None = None) -> StudyConfig:
-    """Parse a study TOML file; `n` overrides its number of inputs per category and selection."""
+def load_config(path: str | Path, n: int | None = None, data: str | None = None) -> StudyConfig:
+    """Parse a study TOML file; `n` overrides its number of inputs per category and selection,
+    `data` its test data (relative paths are taken from the working directory)."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text())
@@ -144,6 +145,8 @@ def load_config(path: str | Path, n: int | None = None) -> StudyConfig:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+    if data is not None:
+        raw = {**raw, "study": {**raw.get("study", {}), "data": data}}
     return config_from_dict(raw, base=path.parent, n=n, source=str(path))
 
 
@@ -314,21 +317,32 @@ def network_path(netcfg: NetworkConfig, out: Path) -> Path:
     return netcfg.onnx or out / "models" / f"{netcfg.name}.onnx"
 
 
-def ensure_network(netcfg: NetworkConfig, out: Path) -> Path:
-    """The network's ONNX file, training and exporting it with study.train when missing."""
+def ensure_network(netcfg: NetworkConfig, out: Path, data_spec: str = "mnist") -> Path:
+    """The network's ONNX file, training and exporting it with study.train when missing: on
+    CIFAR-10's training batches when the study's data is ``cifar10:PATH``, else on MNIST's."""
     path = network_path(netcfg, out)
     if path.is_file():
         return path
-    from study.data import load_mnist
+    from study.data import load_cifar10, load_mnist
     from study.nets import parse_net_name
     from study.train import export_onnx, train
 
-    log.info("training %s for %d epochs", netcfg.name, netcfg.train_epochs)
-    data = load_mnist()
     spec = parse_net_name(netcfg.arch(), seed=netcfg.train_seed)
+    if data_spec.startswith("cifar10:"):
+        try:
+            data = load_cifar10(data_spec.split(":", 1)[1])
+        except ValueError as exc:
+            raise ConfigError(f"cannot train {netcfg.name}: {exc}") from None
+    else:
+        data = load_mnist()
+    if tuple(data.test_x.shape[1:]) != spec.input_shape:
+        raise ConfigError(f"{netcfg.name} takes inputs {spec.input_shape}, the data has "
+                          f"{tuple(data.test_x.shape[1:])}")
+    log.info("training %s for %d epochs", netcfg.name, netcfg.train_epochs)
     model, acc = train(spec, data, int(netcfg.train_epochs or 10), netcfg.train_seed)
     meta = {"radiusguard.net": spec.name, "radiusguard.input": "uint8 pixels / 255"}
-    export_onnx(model, path, check_x=data.test_x[:256], metadata=meta)
+    export_onnx(model, path, check_x=data.test_x[:256], metadata=meta,
+                input_shape=spec.input_shape)
     log.info("trained %s: test accuracy %.4f -> %s", netcfg.name, acc, path)
     return path
 
@@ -533,7 +547,7 @@ def study_network(
     cache: Cache,
 ) -> dict[str, Any]:
     """All measurements of one network: per category and selection, indices and radii."""
-    onnx_path = ensure_network(netcfg, out)
+    onnx_path = ensure_network(netcfg, out, cfg.data)
     net = load_onnx(onnx_path)
     if net.input_size != data.x[0].size:
         raise ConfigError(f"{netcfg.name}: input size {net.input_size} does not match the data")

@@ -76,8 +76,10 @@ def export_onnx(
     path: Path | str,
     check_x: np.ndarray | None = None,
     metadata: dict[str, str] | None = None,
+    input_shape: tuple[int, ...] = (1, 28, 28),
 ) -> None:
-    """Export ``model`` (opset 13, input ``input`` [batch,1,28,28], output ``logits``, no softmax).
+    """Export ``model`` (opset 13, input ``input`` [batch, *input_shape], output ``logits``, no
+    softmax).
 
     The file is then checked with onnx and run in onnxruntime on ``check_x`` (default: random
     images); outputs must match torch within 1e-5 or ValueError is raised.
@@ -85,7 +87,7 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    dummy = torch.zeros(1, 1, 28, 28)
+    dummy = torch.zeros(1, *input_shape)
     with warnings.catch_warnings():
         # The TorchScript exporter is chosen on purpose: the dynamo one needs onnxscript.
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -110,7 +112,7 @@ def export_onnx(
     onnx.save(proto, str(path))
 
     if check_x is None:
-        check_x = np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32)
+        check_x = np.random.default_rng(0).random((64, *input_shape), dtype=np.float32)
     check_x = np.ascontiguousarray(check_x, dtype=np.float32)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run([OUTPUT_NAME], {INPUT_NAME: check_x})[0]

@@ -103,3 +103,49 @@ def test_study_runs_on_cifar(cifar, tmp_path: Path) -> None:
     for col in ("valid", "mis", "fgsm_0.1", "seconds_per_call"):
         assert math.isfinite(float(row[col])), col
     assert (tmp_path / "roc_cifar-fnn-32-relu.png").is_file()
+
+
+def test_lenet5_is_trained_on_cifar_batches_and_studied(tmp_path: Path) -> None:
+    from study.data import load_cifar10
+
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    for i in range(1, 6):
+        x, y = _images(seed=i)
+        _write_batch(d / f"data_batch_{i}", x, [int(v) for v in y])
+    x, y = _images(seed=0)
+    _write_batch(d / "test_batch", x, [int(v) for v in y])
+    data = load_cifar10(d)
+    assert data.train_x.shape == (5 * N_IMAGES, 3, 32, 32) and data.train_x.dtype == np.float32
+    assert data.test_x.max() <= 1.0
+
+    cfg = config_from_dict({
+        "study": {"n": 2, "data": f"cifar10:{d}", "jobs": 1, "torch_threads": 1,
+                  "exact": False},
+        "algorithm2": {"s": 8, "n_valid": 2, "n_adversarial": 2, "shuffles": 1},
+        "attacks": {"fgsm_0.1": {"kind": "fgsm", "eps": 0.1}},
+        "networks": [{"name": "lenet5-tanh", "train": {"epochs": 3, "seed": 0},
+                      "dataset": "CIFAR-10", "detail": False}],
+    })
+    run_study(cfg, tmp_path / "out")
+    onnx_path = tmp_path / "out" / "models" / "lenet5-tanh.onnx"
+    from verifier.network import Conv, load_onnx
+
+    net = load_onnx(onnx_path)
+    assert net.input_shape == (3, 32, 32)
+    assert [layer.weight.shape for layer in net.layers if isinstance(layer, Conv)] == [
+        (6, 3, 5, 5), (16, 6, 5, 5)]
+    with open(tmp_path / "out" / "table1.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["dataset"] == "CIFAR-10" and row["activation"] == "tanh"
+    assert math.isfinite(float(row["valid"]))
+
+
+def test_lenet5_needs_the_training_batches(tmp_path: Path) -> None:
+    from study.run import ConfigError, NetworkConfig, ensure_network
+
+    x, y = _images()
+    _write_batch(tmp_path / "test_batch", x, [int(v) for v in y])
+    net = NetworkConfig(name="lenet5-relu", train_epochs=1)
+    with pytest.raises(ConfigError, match="data_batch_1"):
+        ensure_network(net, tmp_path / "out", f"cifar10:{tmp_path}")

@@ -181,7 +181,7 @@ def test_config_errors_are_reported(tmp_path: Path) -> None:
 
 
 def test_shipped_configs_parse() -> None:
-    for name in ("quick.toml", "full.toml"):
+    for name in ("quick.toml", "full.toml", "cifar.toml"):
         cfg = run_mod.load_config(ROOT / "study" / "configs" / name)
         assert cfg.categories == ("valid", "misclassified", "fgsm_0.1", "fgsm_0.05", "cw", "hop")
 
