@@ -2,7 +2,8 @@
 
 Keys are our network names: ``fnn-3x30-relu``, ``-2`` and ``-3`` are the paper's three
 3x30 ReLU instances (subscripts 1-3), likewise ``cnn-6-16-128-relu``. A p-value of 0.0 stands
-for the paper's "<0.001". Times are the paper's seconds per is_robust call (ERAN, CPU).
+for the paper's "<0.001". ``lenet5-*`` are its CIFAR-10 rows. Times are the paper's seconds
+per is_robust call (ERAN, CPU).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ _TABLE1_ROWS: dict[str, tuple[float, ...]] = {
     "cnn-6-16-128-tanh": (0.9873, 0.0039, 0.0013, 0.0022, 0.0015, 0.0006, 0.0006, 0.188, 0.369),
     "cnn-3-8-128-tanh": (0.9856, 0.0103, 0.0036, 0.0042, 0.0024, 0.0014, 0.0012, 0.314, 0.124),
     "cnn-12-32-128-tanh": (0.9911, 0.0037, 0.0017, 0.0024, 0.0013, 0.0004, 0.0006, 0.001, 1.488),
+    "lenet5-relu": (0.7366, 0.0017, 0.0009, 0.0017, 0.0016, 0.0003, 0.0002, 0.005, 1.680),
+    "lenet5-sigmoid": (0.6530, 0.0025, 0.0014, 0.0029, 0.0022, 0.0005, 0.0004, 0.839, 2.418),
+    "lenet5-tanh": (0.7068, 0.0008, 0.0005, 0.0009, 0.0007, 0.0002, 0.0002, 0.390, 2.443),
 }
 
 TABLE1: dict[str, dict[str, float]] = {

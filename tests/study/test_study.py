@@ -191,7 +191,7 @@ def test_full_config_is_the_papers_table1_set() -> None:
     from study.nets import parse_net_name
 
     cfg = run_mod.load_config(ROOT / "study" / "configs" / "full.toml")
-    assert {n.name for n in cfg.networks} == set(paper.TABLE1)
+    assert {n.name for n in cfg.networks} == {n for n in paper.TABLE1 if n.startswith(("fnn", "cnn"))}
     for net in cfg.networks:
         parse_net_name(net.arch())  # every network is buildable by study.train
         assert net.onnx is not None or net.train_epochs
