@@ -11,20 +11,25 @@ changelog partition has completed, so a restored window is the last committed on
 
 from __future__ import annotations
 
+import logging
 import signal
+import ssl
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import structlog
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import (
+    KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     ProducerFencedError,
+    SaslAuthenticationFailedError,
     TopicAlreadyExistsError,
 )
 from kafka.structs import OffsetAndMetadata
@@ -189,19 +194,20 @@ class Service:
         server = None
         consumer = producer = restorer = None
         try:
-            self._check_topics()
-            if cfg.metrics_port is not None:
-                server = MetricsServer(self.metrics, cfg.metrics_host, cfg.metrics_port)
-                self.metrics_port = server.port
-                log.info("metrics", url=f"http://{cfg.metrics_host}:{server.port}/metrics")
-            consumer = KafkaConsumer(
-                bootstrap_servers=cfg.bootstrap, group_id=cfg.group, client_id=cfg.worker_id,
-                enable_auto_commit=False, auto_offset_reset="earliest",
-                isolation_level="read_committed", max_poll_records=cfg.max_batch,
-                **client_settings(KafkaConsumer, cfg.kafka),
-            )
-            restorer = WindowRestorer(cfg)
-            producer = self._new_producer()
+            with _naming_connect_failures(cfg):
+                self._check_topics()
+                if cfg.metrics_port is not None:
+                    server = MetricsServer(self.metrics, cfg.metrics_host, cfg.metrics_port)
+                    self.metrics_port = server.port
+                    log.info("metrics", url=f"http://{cfg.metrics_host}:{server.port}/metrics")
+                consumer = KafkaConsumer(
+                    bootstrap_servers=cfg.bootstrap, group_id=cfg.group,
+                    client_id=cfg.worker_id, enable_auto_commit=False,
+                    auto_offset_reset="earliest", isolation_level="read_committed",
+                    max_poll_records=cfg.max_batch, **client_settings(KafkaConsumer, cfg.kafka),
+                )
+                restorer = WindowRestorer(cfg)
+                producer = self._new_producer()
             consumer.subscribe([cfg.input_topic], listener=_Listener(self))
             log.info("started", worker=cfg.worker_id, group=cfg.group, topic=cfg.input_topic,
                      policy=self.policy, profile=self.profile.name, kafka=cfg.redacted_kafka())
@@ -452,3 +458,79 @@ def _partitions(admin: KafkaAdminClient, topic: str, wait_s: float = 0.0) -> int
         if n or time.monotonic() >= deadline:
             return n
         time.sleep(0.2)
+
+
+# ---------------------------------------------------------------------- why a connection failed
+
+
+class _LoggedErrors(logging.Handler):
+    """Keeps the exceptions kafka-python logs while it retries a connection: its final error
+    ("Unable to bootstrap from ...") does not say why each attempt failed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: deque[BaseException] = deque(maxlen=100)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Remember the exceptions among the record's arguments."""
+        args = record.args if isinstance(record.args, tuple) else ()
+        self.errors.extend(a for a in args if isinstance(a, BaseException))
+
+
+@contextmanager
+def _naming_connect_failures(cfg: ServiceConfig) -> Iterator[None]:
+    """Turn a Kafka error into a ServiceError naming a failed SASL login or TLS handshake, when
+    kafka-python logged one meanwhile, so the user learns which setting to fix."""
+    seen = _LoggedErrors()
+    kafka_log = logging.getLogger("kafka")
+    kafka_log.addHandler(seen)
+    try:
+        yield
+    except KafkaError as exc:
+        cause = _connect_failure(cfg, [*seen.errors, exc])
+        if cause is None:
+            raise
+        raise ServiceError(cause) from exc
+    finally:
+        kafka_log.removeHandler(seen)
+
+
+def _connect_failure(cfg: ServiceConfig, errors: Iterable[BaseException]) -> str | None:
+    """One line naming why connecting failed, from the latest error that tells (a TLS handshake
+    error, a failed SASL login), else None; it never quotes a password."""
+    where = cfg.bootstrap
+    protocol = str(cfg.kafka.get("security_protocol", "PLAINTEXT")).upper()
+    user = cfg.kafka.get("sasl_plain_username")
+    mechanism = cfg.kafka.get("sasl_mechanism")
+    who = "SASL user " + (repr(user) if user else "(no sasl_plain_username)") + (
+        f" ({mechanism})" if mechanism else "")
+    check = "sasl_plain_username/sasl_plain_password" if user else "the sasl_* settings"
+    for exc in reversed(list(errors)):
+        chain = _chain(exc)
+        tls = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
+        if isinstance(tls, ssl.SSLCertVerificationError):
+            names = tls.verify_code in (62, 64)  # X509_V_ERR_HOSTNAME / IP_ADDRESS_MISMATCH
+            hint = "the bootstrap host against the certificate's names" if names else "ssl_cafile"
+            return (f"TLS handshake with {where} failed: certificate verify failed: "
+                    f"{tls.verify_message} (check {hint})")
+        if tls is not None:
+            return (f"TLS handshake with {where} failed: {tls.reason or tls} (check that the "
+                    f"listener speaks {protocol})")
+        if any(isinstance(e, SaslAuthenticationFailedError) for e in chain):
+            return f"authentication failed for {who} on {where} (check {check})"
+        if (protocol.startswith("SASL_") and isinstance(exc, KafkaConnectionError)
+                and "socket disconnected" in str(exc)):
+            # How kafka-python 3.0 reports a failed login: Kafka answers it with an error and
+            # closes the connection, and the client drops the answer for the closed socket.
+            return (f"authentication failed for {who} on {where}: the broker closed the "
+                    f"connection before the login completed (check {check}, and that the "
+                    f"listener speaks {protocol})")
+    return None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and those it was raised from or while handling."""
+    chain = [exc]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and nxt not in chain:
+        chain.append(nxt)
+    return chain

@@ -1,6 +1,6 @@
 """The worker's Kafka client settings (--kafka-config JSON + RADIUSGUARD_KAFKA_* env) reach every
 client it builds: `radiusguard serve` works against a SASL_PLAINTEXT (PLAIN) listener of a real
-local broker and refuses to run with a wrong password."""
+local broker and refuses to run with a wrong password, naming the failed login."""
 
 from __future__ import annotations
 
@@ -184,8 +184,12 @@ def test_serve_with_wrong_password_exits_with_one_line_error(
     assert "Traceback" not in text, text
     assert elapsed < 90
     assert "wrong-password" not in text
-    # The worker's own error is one line, and the last. (kafka-python's retry log lines precede
-    # it, ~50 of them, and it reads "Unable to bootstrap", not "authentication failed": both
-    # are reported as product issues rather than asserted here.)
+    # The worker's own error is one line, and the last (kafka-python's retry log lines precede
+    # it, ~50 of them); it names the failed login, the user and the settings to check.
     errors = [line for line in lines if line.startswith("radiusguard serve: error:")]
     assert errors == [lines[-1]], text
+    assert errors[0].startswith(
+        f"radiusguard serve: error: authentication failed for SASL user {USER!r} (PLAIN) on "
+        f"{sasl_bootstrap}"
+    ), text
+    assert "check sasl_plain_username/sasl_plain_password" in errors[0], text
