@@ -790,6 +790,18 @@ def write_figures(
                    title=f"Exact vs approximate: {name}")
             _legend(ax)
             files["exact"].append(_save(fig, out / f"exact_{name}.png"))
+
+            fig = Figure(figsize=(6, 4))
+            ax = fig.add_subplot()
+            ts = np.linspace(0, max(hi, 0.01) * 1.05, 81)
+            for cat, v in ex.items():
+                e = np.asarray(v["exact"])[np.asarray(v["status"]) == "optimal"]
+                if e.size:
+                    ax.plot(ts, [(e >= t).sum() for t in ts], label=f"{cat} (n={e.size})")
+            ax.set(xlabel="threshold", ylabel="inputs with exact radius ≥ threshold",
+                   title=f"Counts above threshold, exact radii: {name}")
+            _legend(ax)
+            files["exact"].append(_save(fig, out / f"exact_counts_{name}.png"))
     return files
 
 
