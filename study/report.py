@@ -708,6 +708,11 @@ def _section_alg2(alg2: list[dict], cfg: Mapping[str, Any]) -> list[str]:
                                   f"{seq['valid_rejected']}/{seq['n_valid']} valid rejected"))
                 shuf_items.append((net, sa > wrong,
                                    f"{sa:.1f} invalid accepted shuffled vs {wrong} in sequence"))
+    pa = paper.ALGORITHM2
+    rows.append([f"paper: {paper.TABLE2_NETWORK}", "paper", "0.0140", "0.001", "100/1/400",
+                 str(pa["sequence_valid_rejected"]), str(pa["sequence_adversarial_accepted"]),
+                 f"{pa['shuffled_valid_rejected']:.1f}",
+                 f"{pa['shuffled_adversarial_accepted']:.1f}"])
     lines += [_md_table(["network", "sigmas", "σ0", "σ1", "valid/mis/adv",
                          "seq: valid rejected", "seq: mis+adv accepted",
                          "shuffled: valid rejected (mean)", "shuffled: mis+adv accepted (mean)"],
