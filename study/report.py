@@ -118,7 +118,8 @@ def table1_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         row["pvalue"] = pvalue(first(net, "valid")[:PVALUE_N])
         row["seconds_per_call"] = seconds_per_call(net)
         rows.append(row)
-    return rows
+    order = {name: k for k, name in enumerate(paper.TABLE1)}
+    return sorted(rows, key=lambda r: order.get(r["network"], len(order)))
 
 
 def table2_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -426,8 +427,9 @@ def _section_table1(t1: list[dict], cats: Sequence[str]) -> list[str]:
                if ratios else "")
     return [
         "## Table I: mean certified radius per category", "",
-        "Mean radius of the first N inputs of each category; the paper's value in brackets "
-        "where it has the same network (its means are over the first 10 inputs too).", "",
+        "Mean radius of the first N inputs of each category (N per network as listed above); "
+        "the paper's value in brackets where it has the same network (its means are over the "
+        "first 10 inputs). Rows in the paper's order.", "",
         _md_table(header, rows), "",
         "Paper: valid inputs have clearly larger radii than misclassified inputs and "
         "adversarial examples, on every network. "
