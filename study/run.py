@@ -317,7 +317,9 @@ def network_path(netcfg: NetworkConfig, out: Path) -> Path:
     return netcfg.onnx or out / "models" / f"{netcfg.name}.onnx"
 
 
-def ensure_network(netcfg: NetworkConfig, out: Path, data_spec: str = "mnist") -> Path:
+def ensure_network(
+    netcfg: NetworkConfig, out: Path, data_spec: str = "mnist", threads: int = 2
+) -> Path:
     """The network's ONNX file, training and exporting it with study.train when missing: on
     CIFAR-10's training batches when the study's data is ``cifar10:PATH``, else on MNIST's."""
     path = network_path(netcfg, out)
@@ -339,7 +341,7 @@ def ensure_network(netcfg: NetworkConfig, out: Path, data_spec: str = "mnist") -
         raise ConfigError(f"{netcfg.name} takes inputs {spec.input_shape}, the data has "
                           f"{tuple(data.test_x.shape[1:])}")
     log.info("training %s for %d epochs", netcfg.name, netcfg.train_epochs)
-    model, acc = train(spec, data, int(netcfg.train_epochs or 10), netcfg.train_seed)
+    model, acc = train(spec, data, int(netcfg.train_epochs or 10), netcfg.train_seed, threads)
     meta = {"radiusguard.net": spec.name, "radiusguard.input": "uint8 pixels / 255"}
     export_onnx(model, path, check_x=data.test_x[:256], metadata=meta,
                 input_shape=spec.input_shape)
@@ -547,7 +549,7 @@ def study_network(
     cache: Cache,
 ) -> dict[str, Any]:
     """All measurements of one network: per category and selection, indices and radii."""
-    onnx_path = ensure_network(netcfg, out, cfg.data)
+    onnx_path = ensure_network(netcfg, out, cfg.data, cfg.torch_threads)
     net = load_onnx(onnx_path)
     if net.input_size != data.x[0].size:
         raise ConfigError(f"{netcfg.name}: input size {net.input_size} does not match the data")

@@ -34,8 +34,8 @@ OUTPUT_NAME = "logits"
 VERIFY_ATOL = 1e-5
 
 
-def _setup_torch(seed: int) -> None:
-    torch.set_num_threads(THREADS)
+def _setup_torch(seed: int, threads: int) -> None:
+    torch.set_num_threads(threads)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
 
@@ -51,9 +51,11 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 1000) 
     return correct / len(x)
 
 
-def train(spec: NetSpec, data: MnistData, epochs: int, seed: int) -> tuple[nn.Module, float]:
+def train(
+    spec: NetSpec, data: MnistData, epochs: int, seed: int, threads: int = THREADS
+) -> tuple[nn.Module, float]:
     """Train ``spec`` reproducibly with Adam (lr 1e-3, batch 128); returns (model, test acc)."""
-    _setup_torch(seed)
+    _setup_torch(seed, threads)
     model = spec.build()
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     loss_fn = nn.CrossEntropyLoss()
