@@ -9,31 +9,26 @@ import json
 import os
 import shutil
 import subprocess
-import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
 from tests.kafka_fixtures import LocalBroker
-from tests.worker.test_sasl import _serve, _stop
+from tests.worker.secured_serve import PER_STREAM, serve_inputs, serve_refused
 from tests.worker.test_service_kafka import (  # noqa: F401  (streams is a fixture)
     Stream,
     _assert_exactly_once,
-    _records,
     streams,
 )
 from worker import broker
-from worker.codec import decode_verdict
 from worker.config import client_settings, kafka_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
-PER_STREAM = 5  # 4 streams x 5 = 20 inputs
 STORE_PASSWORD = "radiusguard-tls"  # the keystore's and the key's (PKCS12 uses one for both)
 
 
@@ -108,67 +103,12 @@ def _settings(tmp_path: Path, cafile: Path) -> tuple[Path, dict[str, str], dict]
     return path, env, settings
 
 
-def _collect(proc: subprocess.Popen, log: Path, consumer: KafkaConsumer, out: str, n: int,
-             timeout: float = 120) -> list[dict]:
-    """Read the output topic from its beginning until n verdicts (and briefly after, to catch
-    duplicates), failing if the worker exits meanwhile."""
-    verdicts: list[dict] = []
-    deadline = time.monotonic() + timeout
-    parts = None
-    while not parts:  # the worker creates the output topic
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "no output topic"
-        parts = consumer.partitions_for_topic(out)
-        if not parts:
-            consumer.topics()  # refresh metadata
-            time.sleep(0.2)
-    tps = [TopicPartition(out, p) for p in sorted(parts)]
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    while len(verdicts) < n:
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, f"{len(verdicts)} of {n} verdicts"
-        for msgs in consumer.poll(timeout_ms=300).values():
-            verdicts += [decode_verdict(m.value) for m in msgs]
-    settle = time.monotonic() + 1.5
-    while time.monotonic() < settle:
-        for msgs in consumer.poll(timeout_ms=300).values():
-            verdicts += [decode_verdict(m.value) for m in msgs]
-    return verdicts
-
-
 def test_serve_over_tls_gives_one_verdict_per_input(
     tls_broker: TlsBroker, streams: list[Stream], tmp_path: Path  # noqa: F811  (the fixture)
 ) -> None:
-    bootstrap = tls_broker.bootstrap
     config, env, settings = _settings(tmp_path, tls_broker.cafile)
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap,
-                             **client_settings(KafkaAdminClient, settings))
-    topic, out = f"in-{uuid.uuid4().hex[:8]}", f"verdicts-{uuid.uuid4().hex[:8]}"
-    try:
-        admin.create_topics({topic: {"num_partitions": 4, "replication_factor": 1}},
-                            wait_for_metadata=True)
-    finally:
-        admin.close()
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                             **client_settings(KafkaProducer, settings))
-    items = list(_records(streams, slice(0, PER_STREAM)))
-    for key, value in items:
-        producer.send(topic, key=key, value=value)
-    producer.flush()
-    producer.close()
-    assert len(items) == 20
-
-    log = tmp_path / "serve.log"
-    proc = _serve(bootstrap, config, env, topic, out, log)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                             isolation_level="read_committed", enable_auto_commit=False,
-                             **client_settings(KafkaConsumer, settings))
-    try:
-        verdicts = _collect(proc, log, consumer, out, len(items))
-    finally:
-        consumer.close()
-        _stop(proc)
+    verdicts, proc, log = serve_inputs(tls_broker.bootstrap, settings, config, env, streams,
+                                       tmp_path)
     _assert_exactly_once(verdicts, streams, n=PER_STREAM)
     assert proc.returncode == 0, log.read_text()
 
@@ -181,27 +121,10 @@ def test_serve_trusting_another_certificate_exits_with_one_line_error(
     with pytest.raises(KafkaError):  # the client verifies the broker's certificate at all
         KafkaAdminClient(bootstrap_servers=tls_broker.bootstrap, bootstrap_timeout_ms=3000,
                          **client_settings(KafkaAdminClient, settings)).close()
-    topic = f"in-{uuid.uuid4().hex[:8]}"
-    log = tmp_path / "serve.log"
-    t0 = time.monotonic()
-    proc = _serve(tls_broker.bootstrap, config, env, topic, f"{topic}.out", log)
-    try:
-        rc = proc.wait(timeout=90)
-    except subprocess.TimeoutExpired:
-        _stop(proc)
-        pytest.fail(f"serve trusting another certificate still running after 90 s:\n"
-                    f"{log.read_text()}")
-    elapsed = time.monotonic() - t0
-    text = log.read_text()
-    lines = text.strip().splitlines()
-    assert rc == 2, text
-    assert "Traceback" not in text, text
-    assert elapsed < 90
-    # The worker's own error is one line, and the last (kafka-python's retry log lines
-    # precede it); it names the failed handshake and the setting to check.
-    errors = [line for line in lines if line.startswith("radiusguard serve: error:")]
-    assert errors == [lines[-1]], text
-    assert errors[0] == (
+    text, error = serve_refused(tls_broker.bootstrap, config, env, tmp_path,
+                                "trusting another certificate")
+    # It names the failed handshake and the setting to check.
+    assert error == (
         f"radiusguard serve: error: TLS handshake with {tls_broker.bootstrap} failed: "
         "certificate verify failed: self-signed certificate (check ssl_cafile)"
     ), text
