@@ -453,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.set_defaults(func=cmd_demo)
 
+    from worker.verify import register as register_verify
+
+    register_verify(sub)
     for register in _extra_commands():
         register(sub)
     return parser
