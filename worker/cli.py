@@ -43,7 +43,7 @@ def cmd_radius(args: argparse.Namespace) -> int:
     from worker.progress import progress
 
     net = load_onnx(args.model)
-    xs = load_inputs(args.inputs, net.input_size)
+    xs = load_inputs(args.inputs, net.input_shape)
     znet = ZonoNet.of(net)
     rows = []
     exact = None
@@ -109,9 +109,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from worker.profile import calibrate, save_profile
 
     net = load_onnx(args.model)
-    xs = load_inputs(args.valid, net.input_size)
+    xs = load_inputs(args.valid, net.input_shape)
     labels = _load_labels(args.labels, len(xs))
-    attacks = {name: load_inputs(path, net.input_size) for name, path in args.attack}
+    attacks = {name: load_inputs(path, net.input_shape) for name, path in args.attack}
     if len(attacks) != len(args.attack):
         raise CliError("each --attack NAME must be given once")
     out = Path(args.out)

@@ -10,12 +10,15 @@ is checked before anything proportional to the claimed size is allocated. No pic
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 import numpy as np
+
+from worker.layout import AS_IS, CHANNELS_LAST, describe, layout_of, to_model_layout
 
 __all__ = [
     "DEFAULT_STREAM",
@@ -191,9 +194,14 @@ def decode_input(
     key: bytes | None,
     value: bytes,
     limits: Limits | None = None,
-    expected_size: int | None = None,
+    expected_size: int | tuple[int, ...] | None = None,
 ) -> InputRecord | Invalid:
-    """Decode and check one input record; never raises (problems come back as Invalid)."""
+    """Decode and check one input record; never raises (problems come back as Invalid).
+
+    `expected_size` is the model's input size, or its input shape: then x must have that
+    shape (axes of size 1 aside), be flat, or be channels last ([H, W, C] for a [C, H, W]
+    model, transposed here to [C, H, W]; see worker.layout).
+    """
     limits = limits or Limits()
     try:
         return _decode(key, value, limits, expected_size)
@@ -206,7 +214,7 @@ class _Reject(Exception):
 
 
 def _decode(
-    key: bytes | None, value: bytes, limits: Limits, expected_size: int | None
+    key: bytes | None, value: bytes, limits: Limits, expected_size: int | tuple[int, ...] | None
 ) -> InputRecord | Invalid:
     stream, key_error = _stream(key, limits)
     if not isinstance(value, bytes | bytearray | memoryview):
@@ -338,7 +346,9 @@ def _stream(key: bytes | None, limits: Limits) -> tuple[str, str | None]:
         return bytes(key).decode("utf-8", errors="replace"), "key is not valid UTF-8"
 
 
-def _decode_x(x: Any, limits: Limits, expected_size: int | None) -> tuple[np.ndarray, tuple]:
+def _decode_x(
+    x: Any, limits: Limits, expected: int | tuple[int, ...] | None
+) -> tuple[np.ndarray, tuple]:
     if x is None:
         raise _Reject("missing field 'x'")
     if not isinstance(x, dict):
@@ -364,8 +374,13 @@ def _decode_x(x: Any, limits: Limits, expected_size: int | None) -> tuple[np.nda
         raise _Reject(
             f"'x.data' has {len(data)} bytes, shape {shape} of {dtype} needs {elements * itemsize}"
         )
+    model_shape = expected if isinstance(expected, tuple) else None
+    expected_size = math.prod(expected) if model_shape else expected
     if expected_size is not None and elements != expected_size:
         raise _Reject(f"x has {elements} elements, the model expects {expected_size}")
+    layout = layout_of(tuple(shape), model_shape) if model_shape else AS_IS
+    if layout is None:
+        raise _Reject(f"x has shape {shape}, the model expects {describe(model_shape)}")
     raw = np.frombuffer(data, dtype=DTYPES[dtype])
     if dtype == "uint8":
         arr = raw.astype(np.float64) / 255.0
@@ -378,6 +393,9 @@ def _decode_x(x: Any, limits: Limits, expected_size: int | None) -> tuple[np.nda
                 f"x has {int(bad.sum())} values that are not finite numbers in [0, 1] "
                 f"(first at index {i}: {arr[i]!r})"
             )
+    if layout == CHANNELS_LAST:
+        shape = list(model_shape)
+        arr = to_model_layout(arr[None], model_shape, layout)
     arr = arr.reshape(tuple(shape))
     arr.flags.writeable = False
     return arr, tuple(shape)

@@ -119,7 +119,7 @@ class Processor:
         """One batch. `states` maps (partition, stream) to the current window; not modified."""
         started = time.monotonic()
         result = BatchResult()
-        size = self.znet.net.input_size
+        size = self.znet.net.input_shape  # checks the layout; channels last is transposed
         ordered = sorted(records, key=lambda r: (r.partition, r.offset))
         decoded = [
             decode_input(r.key, r.value if r.value is not None else b"", self.limits, size)
