@@ -127,10 +127,10 @@ def neurons(model: nn.Module) -> int:
     return count
 
 
-def load_data(spec: str) -> tuple[str, MnistData]:
+def load_data(spec: str, train_n: int) -> tuple[str, MnistData]:
     """``standin`` (MNIST padded to 3x32x32) or ``cifar10:DIR``."""
     if spec == "standin":
-        return "MNIST padded to 3x32x32", mnist_colour(load_mnist())
+        return "MNIST padded to 3x32x32", mnist_colour(load_mnist(), n_train=train_n)
     if spec.startswith("cifar10:"):
         return "CIFAR-10", load_cifar10(spec.split(":", 1)[1])
     raise SystemExit(f"--data must be 'standin' or 'cifar10:DIR', got {spec!r}")
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown networks {unknown}; choose from {sorted(NETS)}")
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
-    dataset, data = load_data(args.data)
+    dataset, data = load_data(args.data, args.train_n)
     args.out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out / f"test_{args.test_n}.npz",
                         x=to_uint8(data.test_x[: args.test_n]),
