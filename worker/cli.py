@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
+from verifier.settings import DOMAIN_NAMES, SEARCHES, VerifierSettings
 from worker.argtypes import positive_float, positive_int, unit_fraction
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # zonotope passes are single-threaded BLAS
@@ -20,13 +21,24 @@ class CliError(Exception):
 
 
 def _add_verifier_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--up", type=positive_float, default=0.256, help="upper end of the search")
-    p.add_argument("--tol", type=positive_float, default=0.001, help="search tolerance")
+    d = VerifierSettings()
+    p.add_argument("--domain", choices=DOMAIN_NAMES, default=d.domain,
+                   help=f"abstract domain (default {d.domain})")
+    p.add_argument("--up", type=positive_float, default=d.up,
+                   help=f"upper end of the search (default {d.up})")
+    p.add_argument("--tol", type=positive_float, default=d.tol,
+                   help=f"search tolerance (default {d.tol})")
     p.add_argument(
-        "--search", choices=("secant", "bisect"), default="secant",
-        help="secant: margin-guided, fewer passes, never below bisect; bisect: Algorithm 1",
+        "--search", choices=SEARCHES, default=d.search,
+        help="secant: margin-guided, fewer passes, never below bisect; bisect: Algorithm 1 "
+        f"(default {d.search})",
     )
     p.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 1, help="threads")
+
+
+def _settings(args: argparse.Namespace) -> VerifierSettings:
+    """The VerifierSettings the command-line options give."""
+    return VerifierSettings(domain=args.domain, search=args.search, up=args.up, tol=args.tol)
 
 
 # ----------------------------------------------------------------------------- radius
@@ -37,34 +49,30 @@ def cmd_radius(args: argparse.Namespace) -> int:
     import numpy as np
 
     from verifier.network import load_onnx
-    from verifier.radius import radius_result
-    from verifier.zonotope import ZonoNet
+    from verifier.score import plan_for, score_many
     from worker.inputs import load_inputs
     from worker.progress import progress
 
     net = load_onnx(args.model)
     xs = load_inputs(args.inputs, net.input_size)
-    znet = ZonoNet.of(net)
+    settings = _settings(args)
+    plan = plan_for(net, settings)
     rows = []
-    exact = None
+    chunk = 16 * args.jobs
+    starts = range(0, len(xs), chunk)
+    for start in progress(starts, total=len(starts), desc=f"radii ({chunk} per step)"):
+        part = xs[start : start + chunk]
+        t0 = time.perf_counter()
+        results = score_many(plan, part, settings, args.jobs)
+        share = (time.perf_counter() - t0) * min(args.jobs, len(part)) / len(part)
+        rows += [[start + i, r.predicted, r.radius, share] for i, r in enumerate(results)]
     if args.exact:
         from verifier.exact import exact_radius
 
-        exact = exact_radius
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(i: int) -> list:
-        t0 = time.perf_counter()
-        res = radius_result(znet, xs[i], args.up, args.tol, args.search)
-        row = [i, res.predicted, res.radius, time.perf_counter() - t0]
-        if exact is not None:
-            ex = exact(net, xs[i], max_eps=args.up, label=res.predicted, lower_bracket=res.radius)
+        for row in progress(rows, total=len(rows), desc="exact radii"):
+            ex = exact_radius(net, xs[row[0]], max_eps=args.up, label=row[1],
+                              lower_bracket=row[2])
             row.append(ex.radius)
-        return row
-
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for row in progress(pool.map(one, range(len(xs))), total=len(xs), desc="radii"):
-            rows.append(row)
     header = "index,predicted,radius,seconds" + (",exact_radius" if args.exact else "")
     lines = [header] + [
         ",".join([str(r[0]), str(r[1]), f"{r[2]:.6g}", f"{r[3]:.6f}"] + [f"{v:.6g}" for v in r[4:]])
@@ -120,7 +128,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     try:
         profile = calibrate(
             net, xs, labels, max_false_alarm=args.max_false_alarm, window_size=args.window,
-            attacks=attacks, up=args.up, tol=args.tol, search=args.search, jobs=args.jobs,
+            attacks=attacks, settings=_settings(args), jobs=args.jobs,
             name=args.name, policy=args.policy,
         )
     except ValueError as exc:
@@ -180,8 +188,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run one worker of the consumer group until SIGTERM."""
     from worker.config import ServiceConfig, kafka_settings
     from worker.logs import configure_logging
+    from worker.profile import check_settings, load_profile
     from worker.service import Service
 
+    check_settings(load_profile(args.profile), domain=args.domain, search=args.search)
     configure_logging(args.log_level)
     _quiet_kafka_selector()
     cfg = ServiceConfig(
@@ -399,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", required=True, help="profile.json from `radiusguard calibrate`")
     p.add_argument("--policy", choices=("threshold", "distribution"),
                    help="default: the profile's policy")
+    p.add_argument("--domain", choices=DOMAIN_NAMES,
+                   help="expected domain; refused unless the profile was calibrated with it")
+    p.add_argument("--search", choices=SEARCHES,
+                   help="expected radius search; refused unless the profile's")
     p.add_argument("--input-topic", default="radiusguard.inputs")
     p.add_argument("--output-topic", default="radiusguard.verdicts")
     p.add_argument("--group", default="radiusguard", help="consumer group id")
