@@ -92,6 +92,7 @@ class StudyConfig:
     seed: int = 0
     data: str = "mnist"
     domain: str = "deepzono"
+    compare_domains: tuple[str, ...] = ()  # radii of the first-N sets under these domains too
     up: float = 0.256
     tol: float = 0.001
     search: str = "secant"
@@ -184,6 +185,8 @@ def config_from_dict(
         study["exact_categories"] = tuple(str(c) for c in study["exact_categories"])
     if "selections" in study:
         study["selections"] = _selections_setting(study["selections"], "[study]")
+    if "compare_domains" in study:
+        study["compare_domains"] = tuple(str(d) for d in study["compare_domains"])
     data = str(study.pop("data", "mnist"))
     if data.startswith("cifar10:"):
         data = "cifar10:" + str(resolve_path(data.split(":", 1)[1], base))
@@ -201,7 +204,8 @@ def config_from_dict(
         cfg = replace(cfg, n=int(n), valid_n=None,
                       networks=tuple(replace(x, n=None, valid_n=None) for x in cfg.networks))
     try:
-        cfg.settings  # noqa: B018  (validates domain, search, up and tol)
+        for domain in (cfg.domain, *cfg.compare_domains):
+            replace(cfg, domain=domain).settings  # noqa: B018  (validates the settings)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if cfg.n < 1 or any(x.n is not None and x.n < 1 for x in cfg.networks):
@@ -512,6 +516,25 @@ def exact_radii(
     return out
 
 
+def compare_domains(
+    net: Network, first_inputs: Mapping[str, np.ndarray], sets: Mapping[str, Any],
+    cfg: StudyConfig, cache: Cache, name: str,
+) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+    """Radii and seconds of every category's first-N inputs under each compared domain (the
+    study's own domain included, from the sets already computed)."""
+    out: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    for domain in dict.fromkeys((cfg.domain, *cfg.compare_domains)):
+        per_cat = {}
+        for cat, xs in first_inputs.items():
+            if domain == cfg.domain:
+                r = sets[cat]["first"]
+            else:
+                r = radii_of(net, xs, replace(cfg, domain=domain), cache, f"{name} {cat} {domain}")
+            per_cat[cat] = {k: r[k] for k in ("radius", "predicted", "calls", "seconds")}
+        out[domain] = per_cat
+    return out
+
+
 def _chunk_size(n: int) -> int:
     return max(8, math.ceil(1.25 * n))
 
@@ -621,6 +644,8 @@ def study_network(
     seed = radii_of(net, data.floats(seed_idx), cfg, cache, f"{netcfg.name} seed window")
     rec["seed_window"] = {"index": seed_idx, **seed}
     rec["sets"] = sets
+    if cfg.compare_domains and netcfg.detail:
+        rec["domains"] = compare_domains(net, first_inputs, sets, cfg, cache, netcfg.name)
     want_exact = netcfg.exact if netcfg.exact is not None else cfg.exact
     if want_exact and rec["fnn"]:
         rec["exact"] = {}
@@ -685,7 +710,8 @@ def _limit_threads(n: int) -> None:
 def _config_record(cfg: StudyConfig) -> dict[str, Any]:
     return {
         "source": cfg.source, "n": cfg.n, "seed": cfg.seed, "data": _shown(cfg.data), "up": cfg.up,
-        "tol": cfg.tol, "search": cfg.search, "jobs": cfg.jobs, "exact": cfg.exact,
+        "tol": cfg.tol, "search": cfg.search, "domain": cfg.domain,
+        "compare_domains": list(cfg.compare_domains), "jobs": cfg.jobs, "exact": cfg.exact,
         "exact_n": cfg.exact_n, "exact_time_limit": cfg.exact_time_limit,
         "exact_categories": list(cfg.exact_categories or cfg.categories),
         "categories": list(cfg.categories),
