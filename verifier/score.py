@@ -127,7 +127,7 @@ def score_many(
     xs = [np.asarray(x, dtype=np.float64).reshape(-1) for x in inputs]
     if not xs:
         return []
-    labels = [int(v) for v in np.argmax(plan.net.forward(np.stack(xs)), axis=1)]
+    labels = [int(v) for v in np.argmax(np.atleast_2d(plan.net.forward(np.stack(xs))), axis=1)]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(xs)))
     if jobs == 1:
         return _score_group(plan, xs, labels, settings)

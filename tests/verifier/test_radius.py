@@ -74,3 +74,22 @@ def test_valid_inputs_have_larger_radii_than_misclassified(fnn, images):
     ok = np.array([r.predicted for r in res]) == ys[:300]
     assert (~ok).sum() >= 3
     assert radii[ok].mean() > 2 * radii[~ok].mean()
+
+
+def test_batched_radii_equal_one_at_a_time(fnn, images):
+    xs, _ = images
+    batched = score_many(fnn, xs[:20], jobs=1)
+    single = [radius_result(fnn, x) for x in xs[:20]]
+    assert batched == single
+    assert score_many(fnn, xs[:1], jobs=2) == single[:1]  # one input, more threads than inputs
+
+
+def test_settings_are_checked_once_with_clear_errors():
+    with pytest.raises(ValueError, match="domain must be one of"):
+        VerifierSettings(domain="polyhedra")
+    with pytest.raises(ValueError, match="search must be one of"):
+        VerifierSettings(search="linear")
+    with pytest.raises(ValueError, match="positive"):
+        VerifierSettings(tol=0.0)
+    with pytest.raises(ValueError, match="input_lower must be below"):
+        VerifierSettings(input_lower=1.0, input_upper=0.0)

@@ -334,3 +334,18 @@ def test_calibrate_shipped_mnist_model(tmp_path: Path) -> None:
     assert attack.rejection_rate > 0.4 and attack.auc > 0.9
     save_profile(p, tmp_path / "mnist.json")
     assert load_profile(tmp_path / "mnist.json") == p
+
+
+def test_profile_without_domain_is_deepzono_and_serve_checks_it(tmp_path: Path,
+                                                                tiny_profile: Profile) -> None:
+    from worker.profile import check_settings
+
+    data = tiny_profile.to_dict()
+    del data["verifier"]["domain"]
+    loaded = load_profile(_write(tmp_path, data))
+    assert loaded.verifier.domain == "deepzono"
+    check_settings(loaded, domain="deepzono", search="secant")
+    with pytest.raises(ProfileError, match="calibrated with domain deepzono, not deeppoly"):
+        check_settings(loaded, domain="deeppoly")
+    with pytest.raises(ProfileError, match="calibrated with search secant, not bisect"):
+        check_settings(loaded, search="bisect")
