@@ -1,5 +1,5 @@
-"""The `radiusguard` command line: radius, calibrate, serve, kafka, produce, record, replay,
-demo."""
+"""The `radiusguard` command line: radius, calibrate, serve, http, kafka, produce, record,
+replay, demo."""
 
 from __future__ import annotations
 
@@ -452,6 +452,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("http", help="serve verdicts over the Open Inference Protocol v2 (REST)")
+    from worker.http_server import add_arguments as add_http_arguments
+    from worker.http_server import run as run_http
+
+    add_http_arguments(p)
+    p.set_defaults(func=run_http)
 
     for register in _extra_commands():
         register(sub)
