@@ -77,12 +77,12 @@ class InferenceModel:
                  max_streams: int = 10000):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-        from verifier.network import load_onnx
         from verifier.zonotope import ZonoNet
+        from worker.modelfile import load_model
         from worker.processor import Scorer
         from worker.profile import check_model, load_profile
 
-        net = load_onnx(model)
+        net = load_model(model)
         self.profile = load_profile(profile)
         check_model(self.profile, net)
         self.net = net
