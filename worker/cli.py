@@ -196,9 +196,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
         **({"worker_id": args.worker_id} if args.worker_id else {}),
     )
     service = Service(cfg)
+    _wait_for_broker(cfg, service.metrics, args.connect_timeout)
     service.install_signal_handlers()
     service.run()
     return 0
+
+
+def _wait_for_broker(cfg, metrics, timeout_s: float) -> None:
+    """Wait until the broker accepts connections (one clear error if it does not in time),
+    answering /healthz (alive, not ready) on the metrics port meanwhile."""
+    from worker.bootstrap import wait_for_broker
+    from worker.metrics import MetricsServer
+
+    server = None
+    if cfg.metrics_port:  # port 0 would pick another port than the worker's own server
+        server = MetricsServer(metrics, cfg.metrics_host, cfg.metrics_port)
+    try:
+        wait_for_broker(cfg.bootstrap, timeout_s)
+    finally:
+        if server is not None:
+            server.close()  # the worker serves the port again from here on
 
 
 def _quiet_kafka_selector() -> None:
@@ -436,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve /metrics, /healthz, /readyz here (default: no metrics server)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                    help="log level (JSON lines on stderr)")
+    p.add_argument("--connect-timeout", type=positive_float, default=30.0,
+                   help="seconds to wait for the broker to accept connections at start")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("produce", help="send an array file or PNG folder as one input stream")
