@@ -26,7 +26,7 @@ import structlog
 
 from worker.argtypes import port_number, positive_int
 from worker.config import ConfigError
-from worker.metrics import LATENCY_BUCKETS, RADIUS_BUCKETS
+from worker.metrics import LATENCY_BUCKETS, Metrics
 from worker.oip import (
     POLICIES,
     InferRequest,
@@ -75,7 +75,7 @@ class InferenceModel:
 
     def __init__(self, model: Path, profile: Path, policy: str | None, jobs: int,
                  max_streams: int = 10000):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import Counter, Gauge, Histogram
 
         from verifier.zonotope import ZonoNet
         from worker.modelfile import load_model
@@ -95,17 +95,21 @@ class InferenceModel:
         self.seed = self.profile.initial_state()
         self.windows: OrderedDict[str, WindowState] = OrderedDict()
         self.max_streams = max_streams
-        self.ready = False
-        self.registry = r = CollectorRegistry()
-        self.inputs = Counter("radiusguard_inputs", "Inputs by verdict", ["verdict"], registry=r)
-        self.radius = Histogram("radiusguard_radius", "Certified radii", buckets=RADIUS_BUCKETS,
-                                registry=r)
+        # The worker's metrics (inputs by verdict, radii; its Kafka ones stay at zero here) and
+        # the HTTP server's own, in one registry.
+        self.metrics = Metrics()
+        self.registry = r = self.metrics.registry
         self.requests = Counter("radiusguard_http_requests", "HTTP requests by route and status",
                                 ["route", "code"], registry=r)
         self.seconds = Histogram("radiusguard_http_request_seconds", "Seconds per HTTP request",
                                  ["route"], buckets=LATENCY_BUCKETS, registry=r)
         self.streams = Gauge("radiusguard_streams", "Algorithm 2 windows held in memory",
                              registry=r)
+
+    @property
+    def ready(self) -> bool:
+        """True once the kernels are loaded."""
+        return self.metrics.ready
 
     @property
     def name(self) -> str:
@@ -122,7 +126,7 @@ class InferenceModel:
     def warm_up(self) -> None:
         """Load the compiled kernels (blocking), then report ready."""
         self.scorer.score([np.zeros(self.net.input_size)])
-        self.ready = True
+        self.metrics.ready = True
 
     async def infer(self, req: InferRequest) -> list[Outcome]:
         """Radii on the scorer's threads, then the policy's decisions in input order."""
@@ -142,7 +146,7 @@ class InferenceModel:
             decision, state = validator.step(state, res.radius)
             outcomes.append(Outcome(decision.verdict, res.radius, res.predicted, decision.rule,
                                     decision.reason))
-            self.radius.observe(res.radius)
+            self.metrics.radius.observe(res.radius)
         if policy == "distribution":
             self.windows[req.stream] = state
             self.windows.move_to_end(req.stream)
@@ -150,7 +154,7 @@ class InferenceModel:
                 self.windows.popitem(last=False)
             self.streams.set(len(self.windows))
         for o in outcomes:
-            self.inputs.labels(o.verdict).inc()
+            self.metrics.inputs.labels(o.verdict).inc()
         return outcomes
 
     def close(self) -> None:
@@ -227,6 +231,8 @@ def build_app(model: InferenceModel, max_batch: int = 256, max_request_bytes: in
     app.router.add_get("/v2/models/{name}/ready", model_ready)
     app.router.add_post("/v2/models/{name}/infer", infer)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", live)  # the worker's names, for the same probes
+    app.router.add_get("/readyz", ready)
     return app
 
 

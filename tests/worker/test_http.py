@@ -38,7 +38,8 @@ def server():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "worker.cli", "http", "--model", str(FNN), "--profile",
-         str(PROFILE), "--port", "0", "--jobs", "2", "--max-batch", "64"],
+         str(PROFILE), "--port", "0", "--jobs", "2", "--max-batch", "64",
+         "--max-request-bytes", "2000000"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     lines: list[str] = []
@@ -124,6 +125,8 @@ def test_health_and_readiness(server: str) -> None:
     assert _call(f"{server}/v2/health/live") == (200, {"live": True})
     assert _call(f"{server}/v2/health/ready") == (200, {"ready": True})
     assert _call(f"{server}/v2/models/{NAME}/ready") == (200, {"name": NAME, "ready": True})
+    assert _call(f"{server}/healthz") == (200, {"live": True})
+    assert _call(f"{server}/readyz") == (200, {"ready": True})
 
 
 def test_model_metadata(server: str) -> None:
@@ -255,6 +258,11 @@ def test_bad_requests_get_4xx_and_a_reason(server: str, digits, case: str) -> No
     status, resp = _infer(server, body)
     assert status == code, resp
     assert set(resp) == {"error"} and words in resp["error"], resp
+
+
+def test_a_body_over_the_limit_gets_413(server: str) -> None:
+    status, resp = _infer(server, b'{"inputs": [' + b" " * 2_100_000 + b"]}")
+    assert status == 413 and "2000000" in resp["error"], resp
 
 
 def test_unknown_model_and_route(server: str, digits) -> None:
