@@ -12,9 +12,10 @@ import socket
 import time
 from collections.abc import Callable
 
-from worker.config import ConfigError
+from worker.config import ConfigError, ServiceConfig
+from worker.metrics import Metrics, MetricsServer
 
-__all__ = ["BrokerUnreachable", "bootstrap_addresses", "wait_for_broker"]
+__all__ = ["BrokerUnreachable", "await_broker", "bootstrap_addresses", "wait_for_broker"]
 
 
 class BrokerUnreachable(ConfigError):
@@ -65,6 +66,19 @@ def wait_for_broker(
         if on_retry is not None:
             on_retry("; ".join(f"{w}: {why}" for w, why in failures.items()))
         time.sleep(interval_s)
+
+
+def await_broker(cfg: ServiceConfig, metrics: Metrics, timeout_s: float) -> str:
+    """wait_for_broker for a worker about to start, answering /healthz (alive, not ready) on
+    its metrics port meanwhile; the worker serves that port itself afterwards."""
+    server = None
+    if cfg.metrics_port:  # port 0 would pick another port than the worker's own server
+        server = MetricsServer(metrics, cfg.metrics_host, cfg.metrics_port)
+    try:
+        return wait_for_broker(cfg.bootstrap, timeout_s)
+    finally:
+        if server is not None:
+            server.close()
 
 
 def _why(exc: OSError, host: str) -> str:

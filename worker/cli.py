@@ -179,6 +179,7 @@ def _load_labels(path: str, n: int | None = None):
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run one worker of the consumer group until SIGTERM."""
+    from worker.bootstrap import await_broker
     from worker.config import ServiceConfig, kafka_settings
     from worker.logs import configure_logging
     from worker.modelfile import load_model
@@ -196,26 +197,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         **({"worker_id": args.worker_id} if args.worker_id else {}),
     )
     service = Service(cfg)
-    _wait_for_broker(cfg, service.metrics, args.connect_timeout)
+    await_broker(cfg, service.metrics, args.connect_timeout)  # one clear line if unreachable
     service.install_signal_handlers()
     service.run()
     return 0
-
-
-def _wait_for_broker(cfg, metrics, timeout_s: float) -> None:
-    """Wait until the broker accepts connections (one clear error if it does not in time),
-    answering /healthz (alive, not ready) on the metrics port meanwhile."""
-    from worker.bootstrap import wait_for_broker
-    from worker.metrics import MetricsServer
-
-    server = None
-    if cfg.metrics_port:  # port 0 would pick another port than the worker's own server
-        server = MetricsServer(metrics, cfg.metrics_host, cfg.metrics_port)
-    try:
-        wait_for_broker(cfg.bootstrap, timeout_s)
-    finally:
-        if server is not None:
-            server.close()  # the worker serves the port again from here on
 
 
 def _quiet_kafka_selector() -> None:
