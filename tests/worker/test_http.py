@@ -93,8 +93,8 @@ def offline():
     """Verdicts of the Kafka worker's own batch logic for records of one stream."""
     net = load_onnx(FNN)
     profile = load_profile(PROFILE)
-    znet = plan_for(net, v)
     v = profile.verifier
+    znet = plan_for(net, v)
     scorer = Scorer(znet, v, jobs=2)
 
     def verdicts(xs: np.ndarray, dtype: str, policy: str = "threshold") -> dict[str, list]:
