@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from verifier.box import InputBox
-from verifier.network import Network, load_onnx
+from verifier.network import Network
 from verifier.vnnlib import Disjunct, Spec, VnnlibError, load
-
-DOMAINS = ("deepzono", "deeppoly")
+from worker.modelfile import load_model
 
 
 @dataclass(frozen=True)
@@ -32,49 +31,16 @@ class Answer:
 
 
 def domain_bounds(net: Network, name: str):
-    """A function (box, C, d) -> sound lower bounds of C y + d, from the named domain.
-
-    The domains are verifier.walk's Domain objects; until verifier.deepzono exists, DeepZono
-    is the zonotope module's transfers put in the walker's Domain form.
-    """
+    """A function (box, C, d) -> sound lower bounds of C y + d, from the named domain."""
+    from verifier.domains import get_domain
     from verifier.walk import Plan, linear_lower
 
-    plan = Plan.of(net, _domain(name))
-    return lambda box, C, d: linear_lower(plan, box, C, d)
-
-
-def _domain(name: str):
-    import importlib
-
-    modules = {"deepzono": ("verifier.deepzono", "DEEPZONO"),
-               "deeppoly": ("verifier.deeppoly", "DEEPPOLY")}
-    module, attr = modules[name]
     try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        if name == "deepzono":
-            return _zonotope_domain()
-        raise VnnlibError(f"domain {name} is not available in this version") from None
-
-
-def _zonotope_domain():
-    from verifier import zonotope as Z
-    from verifier.domain import Domain
-    from verifier.network import Conv, Dense, MaxPool, Relu, Scale, Sigmoid, Tanh
-
-    def lower(z, C, d):
-        out = Z._apply(Z._prepare(Dense(C, d)), z)
-        return out.bounds()[0]
-
-    kinds = (Dense, Conv, MaxPool, Scale, Relu, Sigmoid, Tanh)
-    return Domain(
-        name="deepzono",
-        start=Z.Zonotope.from_box,
-        transfers={k: Z._apply for k in kinds},
-        prepare={k: Z._prepare for k in kinds},
-        linear_lower=lower,
-        bounds=lambda z: z.bounds()[:2],
-    )
+        domain = get_domain(name)
+    except ValueError as exc:
+        raise VnnlibError(str(exc)) from None
+    plan = Plan.of(net, domain)
+    return lambda box, C, d: linear_lower(plan, box, C, d)
 
 
 def check_outputs(net: Network, spec: Spec) -> None:
@@ -133,7 +99,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Print `holds` or `unknown` with the time taken."""
     from worker.cli import CliError
 
-    net = load_onnx(args.model)
+    net = load_model(args.model)
     try:
         spec = load(args.spec)
         answer = verify(net, spec, args.domain)
@@ -149,5 +115,6 @@ def register(sub) -> None:
     p = sub.add_parser("verify", help="prove a VNN-LIB property (holds) or answer unknown")
     p.add_argument("model", help="ONNX model")
     p.add_argument("spec", help="VNN-LIB property (.vnnlib): input box and unsafe outputs")
-    p.add_argument("--domain", choices=DOMAINS, default="deepzono")
+    p.add_argument("--domain", default="deepzono",
+                   help="abstract domain: deepzono (default) or any other the verifier has")
     p.set_defaults(func=cmd_verify)

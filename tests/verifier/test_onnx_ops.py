@@ -7,8 +7,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from verifier.box import InputBox
+from verifier.domains import get_domain
 from verifier.network import Conv, Dense, MaxPool, Scale, UnsupportedModelError, from_onnx_model
-from verifier.zonotope import output_bounds
+from verifier.walk import Plan, output_bounds
 
 RNG = np.random.default_rng(7)
 
@@ -203,7 +204,7 @@ def test_lowered_ops_keep_zonotope_bounds_sound():
     net = _check(_model(nodes, inits, (4, 6, 6), 3), (4, 6, 6))
     x = np.random.default_rng(3).uniform(size=net.input_size)
     box = InputBox.linf(x, 0.05)
-    lo, hi = output_bounds(net, box)
+    lo, hi = output_bounds(Plan.of(net, get_domain("deepzono")), box)
     pts = np.random.default_rng(4).uniform(box.lower, box.upper, size=(200, net.input_size))
     out = net.forward(pts)
     assert np.all(out >= lo - 1e-12) and np.all(out <= hi + 1e-12)
