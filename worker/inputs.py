@@ -91,7 +91,9 @@ def _model_layout(arr: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndar
     return to_model_layout(arr, shape, layout)
 
 
-def _load_png_dir(path: Path, mode: str = "L") -> np.ndarray:
+def _load_png_dir(path: Path, mode: str | None = None) -> np.ndarray:
+    """The folder's PNG images as uint8 [N, H, W] ("L") or [N, H, W, 3] ("RGB"); without a
+    mode, RGB when any image has colour, else grey."""
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - pillow is a dependency
@@ -99,6 +101,14 @@ def _load_png_dir(path: Path, mode: str = "L") -> np.ndarray:
     files = sorted(path.glob("*.png"))
     if not files:
         raise InputFileError(f"{path}: no .png files in this folder")
+    if mode is None:
+        grey = {"1", "L", "LA", "I", "I;16", "F"}
+        mode = "L"
+        for f in files:
+            with Image.open(f) as im:
+                if im.mode not in grey:
+                    mode = "RGB"
+                    break
     imgs = []
     for f in files:
         with Image.open(f) as im:

@@ -7,7 +7,7 @@ from onnx import helper
 from tests.verifier.onnx_builders import _model
 from worker.cli import main
 from worker.codec import InputRecord, Invalid, decode_input, encode_input
-from worker.inputs import InputFileError, load_inputs
+from worker.inputs import InputFileError, _load_png_dir, load_inputs
 from worker.layout import AS_IS, CHANNELS_LAST, layout_of
 
 SHAPE = (3, 4, 5)
@@ -51,6 +51,12 @@ def test_png_folder_is_rgb_for_a_colour_model(tmp_path):
     for i, img in enumerate(x.transpose(0, 2, 3, 1)):
         Image.fromarray(img, "RGB").save(tmp_path / f"{i}.png")
     np.testing.assert_array_equal(load_inputs(tmp_path, SHAPE), x.reshape(2, -1) / 255.0)
+    # without a model (radiusguard produce) colour images stay colour, channels last
+    assert _load_png_dir(tmp_path).shape == (2, 4, 5, 3)
+    grey = tmp_path / "grey"
+    grey.mkdir()
+    Image.fromarray(x[0, 0], "L").save(grey / "0.png")
+    assert _load_png_dir(grey).shape == (1, 4, 5)
 
 
 def test_codec_transposes_channels_last_and_refuses_other_shapes():
