@@ -258,16 +258,21 @@ class _Builder(SpatialOps):
         eps = attr(node, "epsilon", 1e-5)
         a = scale / np.sqrt(var + eps)
         b = bias - mean * a
+        if a.shape != (self.shape[0],):
+            raise UnsupportedModelError(
+                f"BatchNormalization {node.name!r}: {a.size} channels, data has {self.shape}"
+            )
+        reps = self.size // self.shape[0]
+        a_full, b_full = np.repeat(a, reps), np.repeat(b, reps)
         last = self.layers[-1] if self.layers else None
-        if isinstance(last, Conv) and last is not self.pad_layer:
+        if isinstance(last, Conv) and last is not self.pad_layer and last.out_shape == self.shape:
             self.layers[-1] = replace(
                 last, weight=last.weight * a[:, None, None, None], bias=last.bias * a + b
             )
         elif isinstance(last, Dense):
-            self.layers[-1] = Dense(last.weight * a[:, None], last.bias * a + b)
+            self.layers[-1] = Dense(last.weight * a_full[:, None], last.bias * a_full + b_full)
         else:
-            reps = self.size // self.shape[0]
-            self.append(Scale(np.repeat(a, reps), np.repeat(b, reps)))
+            self.append(Scale(a_full, b_full))
 
     def _op_Relu(self, node, args):
         self.append(Relu())

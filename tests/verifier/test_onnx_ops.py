@@ -224,3 +224,14 @@ def test_two_tensor_ops_name_themselves(op):
              helper.make_node(op, ["a", "b"], ["logits"], name="join", **kw)]
     with pytest.raises(UnsupportedModelError, match=f"op {op} \\(node 'join'\\).*graph walker"):
         from_onnx_model(_model(nodes, {}, (4,), 4 if op == "Add" else 8))
+
+
+def test_batch_normalization_after_a_dense_layer_reshaped_to_an_image():
+    inits = {"w": _w(2 * 3 * 3, 5), "b": _w(2 * 3 * 3), "shape": np.array([-1, 2, 3, 3]),
+             "s": RNG.uniform(0.5, 2, 2), "t": _w(2), "mu": _w(2), "var": RNG.uniform(0.5, 2, 2)}
+    nodes = [helper.make_node("Gemm", ["input", "w", "b"], ["z"], transB=1),
+             helper.make_node("Reshape", ["z", "shape"], ["r"]),
+             helper.make_node("BatchNormalization", ["r", "s", "t", "mu", "var"], ["n"]),
+             helper.make_node("Relu", ["n"], ["a"]), *_head("a", 18, inits)]
+    net = _check(_model(nodes, inits, (5,), 3), (5,))
+    assert [type(v).__name__ for v in net.layers] == ["Dense", "Relu", "Dense"]
