@@ -6,7 +6,8 @@ weights (a Scale after it when padding is left out of the average), a zero Pad i
 the next Conv's padding or becomes a 1x1 identity Conv, a Transpose is a permutation folded
 into the next Dense layer's columns, per-channel normalisation is a Scale folded into the next
 affine layer, and a final Softmax/LogSoftmax is dropped (it keeps the order of the logits, so
-the argmax margins are taken before it; ``Network.meta["dropped_output_op"]`` records it).
+the argmax margins are taken before it; ``Network.meta["dropped_output_op"]`` records it),
+and Clip (ReLU6) is a chain of Scale and Relu layers.
 Tensors between layers are flattened in C order of the tracked shape (channel, row, column).
 """
 
@@ -282,6 +283,28 @@ class _Builder(SpatialOps):
 
     def _op_Tanh(self, node, args):
         self.append(Tanh())
+
+    def _op_Clip(self, node, args):
+        """max(x, lo) = relu(x - lo) + lo and min(t, hi) = hi - relu(hi - t): a chain of
+        Scale and Relu layers, exact, so every domain bounds Clip (and ReLU6) soundly."""
+        lo = args[1] if len(args) > 1 and args[1] is not None else attr(node, "min", None)
+        hi = args[2] if len(args) > 2 and args[2] is not None else attr(node, "max", None)
+        lo = None if lo is None or not np.isfinite(lo) else float(lo)
+        hi = None if hi is None or not np.isfinite(hi) else float(hi)
+        n = self.size
+        if lo is not None and hi is not None and lo > hi:
+            raise UnsupportedModelError(f"Clip {node.name!r}: min {lo} exceeds max {hi}")
+        offset = 0.0  # the tensor so far is (clipped value) - offset
+        if lo is not None:
+            self.append(Scale(np.ones(n), np.full(n, -lo)))
+            self.append(Relu())
+            offset = lo
+        if hi is not None:
+            self.append(Scale(-np.ones(n), np.full(n, hi - offset)))
+            self.append(Relu())
+            self.append(Scale(-np.ones(n), np.full(n, hi)))
+        elif offset:
+            self.append(Scale(np.ones(n), np.full(n, offset)))
 
     def _op_Identity(self, node, args):
         pass

@@ -210,7 +210,7 @@ def test_lowered_ops_keep_zonotope_bounds_sound():
     assert np.all(out >= lo - 1e-12) and np.all(out <= hi + 1e-12)
 
 
-@pytest.mark.parametrize("op", ["LeakyRelu", "Elu", "Clip"])
+@pytest.mark.parametrize("op", ["LeakyRelu", "Elu", "HardSigmoid"])
 def test_unsupported_op_names_itself(op):
     nodes = [helper.make_node("Flatten", ["input"], ["f"]), helper.make_node(op, ["f"], ["logits"])]
     with pytest.raises(UnsupportedModelError, match=f"{op} \\(node"):
@@ -235,3 +235,21 @@ def test_batch_normalization_after_a_dense_layer_reshaped_to_an_image():
              helper.make_node("Relu", ["n"], ["a"]), *_head("a", 18, inits)]
     net = _check(_model(nodes, inits, (5,), 3), (5,))
     assert [type(v).__name__ for v in net.layers] == ["Dense", "Relu", "Dense"]
+
+
+@pytest.mark.parametrize("lo,hi", [(0.0, 6.0), (-0.5, 0.7), (0.2, None), (None, 0.3)])
+def test_clip_is_a_chain_of_relus_and_sound(lo, hi):
+    """Clip (ReLU6 and others) lowers exactly; sampled outputs stay in the domain's bounds."""
+    inits, conv = _conv("c", "input", "y", 3, 2)
+    names = ["y", "lo" if lo is not None else "", "hi" if hi is not None else ""]
+    if lo is not None:
+        inits["lo"] = np.array(lo)
+    if hi is not None:
+        inits["hi"] = np.array(hi)
+    nodes = [conv, helper.make_node("Clip", names, ["k"]), *_head("k", 3 * 4 * 4, inits)]
+    net = _check(_model(nodes, inits, (2, 6, 6), 3), (2, 6, 6), n=20)
+    x = np.random.default_rng(5).uniform(size=net.input_size)
+    box = InputBox.linf(x, 0.1)
+    lo_b, hi_b = output_bounds(Plan.of(net, get_domain("deepzono")), box)
+    out = net.forward(np.random.default_rng(6).uniform(box.lower, box.upper, (300, net.input_size)))
+    assert np.all(out >= lo_b - 1e-12) and np.all(out <= hi_b + 1e-12)
