@@ -9,6 +9,7 @@ Anything else is `unknown`: this command never claims a counterexample.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import dataclass
 
@@ -52,7 +53,7 @@ def check_outputs(net: Network, spec: Spec) -> None:
     dropped = net.meta.get("dropped_output_op")
     for dj in spec.disjuncts:
         for row, d in zip(dj.C, dj.d, strict=True):
-            if dropped == "LogSoftmax" and row.sum() != 0:
+            if dropped == "LogSoftmax" and math.fsum(row) != 0:
                 raise VnnlibError("the model ends in LogSoftmax: only output comparisons whose "
                                   "coefficients sum to 0 (e.g. Y_i - Y_j) can be checked")
             nz = np.flatnonzero(row)
