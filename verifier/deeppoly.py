@@ -36,6 +36,7 @@ class _Node:
     own: Callable[[], Rows] | None = None  # an affine layer's rows of +x and -x over its input
     lo_pos: np.ndarray | None = None  # where each neuron's +x row lands in the flat result
     hi_pos: np.ndarray | None = None  # ... and its -x row
+    settles: bool = False  # a ReLU after it may settle stable neurons early (see _lower_of)
 
 
 @dataclass(frozen=True)
@@ -51,39 +52,59 @@ def start(box: InputBox) -> PolyState:
     return PolyState(box)
 
 
-def _input_bounds(state: PolyState, depth: int) -> tuple[np.ndarray, np.ndarray]:
-    """Bounds of the values entering node `depth` (the box for depth 0)."""
+def _input_bounds(
+    state: PolyState, depth: int, settle: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds of the values entering node `depth` (the box for depth 0); settle: see
+    _lower_of (for a ReLU's input)."""
     if depth == 0:
         return state.box.lower, state.box.upper
-    _ensure(state, depth - 1)
+    _ensure(state, depth - 1, settle)
     node = state.nodes[depth - 1]
     return node.lower, node.upper
 
 
-def _lower_of(state: PolyState, depth: int, rows: Rows) -> np.ndarray:
+def _lower_of(state: PolyState, depth: int, rows: Rows, settle: bool = False) -> np.ndarray:
     """Sound lower bounds [blocks, k] of rows over the values entering node `depth`.
 
-    Back-substitutes to the input box, concretising at every layer on the way and keeping
-    the largest (each is sound; the deepest is DeepPoly's, the first is interval arithmetic).
+    Back-substitutes to the input box (DeepPoly's bound) and keeps the larger of that and
+    the rows concretised on the first known bounds on the way (interval arithmetic).
+    settle: the rows are +x_j (first n) and -x_j (last n) of the n inputs of a ReLU, whose
+    relaxation needs exact bounds only where x_j may change sign; rows already showing that
+    it cannot stop there, and those neurons keep the interval bounds.
     """
-    best = None
+    first = None
     for i in range(depth - 1, -1, -1):
         node = state.nodes[i]
-        if node.lower is not None:
-            low = K.concretise(*rows, node.lower, node.upper)
-            best = low if best is None else np.maximum(best, low)
+        if first is None and node.lower is not None:
+            first = K.concretise(*rows, node.lower, node.upper)
+            if settle:
+                n = first.shape[1] // 2
+                fixed = (first[0, :n] >= 0.0) | (first[0, n:] >= 0.0)
+                keep = np.flatnonzero(np.concatenate([~fixed, ~fixed]))
+                if keep.size == 0:
+                    return np.where(np.isnan(first), -np.inf, first)
+                bptr, sup, T, c, err = rows
+                rows = (bptr, sup, np.ascontiguousarray(T[:, keep]), c[:, keep].copy(),
+                        err[:, keep].copy())
         rows = node.back(rows)
     low = K.concretise(*rows, state.box.lower, state.box.upper)
-    low = low if best is None else np.maximum(best, low)
+    if first is not None:
+        if settle:
+            first[:, keep] = np.maximum(first[:, keep], low)
+            low = first
+        else:
+            low = np.maximum(first, low)
     return np.where(np.isnan(low), -np.inf, low)  # overflowed bounds claim nothing
 
 
-def _ensure(state: PolyState, depth: int) -> None:
+def _ensure(state: PolyState, depth: int, settle: bool = False) -> None:
     """Compute the bounds of node `depth` if they are not known yet (affine layers)."""
     node = state.nodes[depth]
     if node.lower is not None:
         return
-    flat = _lower_of(state, depth, node.own()).reshape(-1)
+    settle = settle and node.lo_pos is not None and node.settles
+    flat = _lower_of(state, depth, node.own(), settle).reshape(-1)
     node.lower = flat[node.lo_pos]
     node.upper = -flat[node.hi_pos]
 
@@ -245,7 +266,8 @@ def _dense(prep: _Dense, state: PolyState) -> PolyState:
     def back(rows: Rows) -> Rows:
         return K.dense_step(*rows, prep.wt, prep.bias, mag)
 
-    return _push(state, _Node(back, own=lambda: prep.own, lo_pos=prep.lo_pos, hi_pos=prep.hi_pos))
+    return _push(state, _Node(back, own=lambda: prep.own, lo_pos=prep.lo_pos,
+                              hi_pos=prep.hi_pos, settles=True))
 
 
 # ----------------------------------------------------------------------------- nonlinear layers
@@ -262,14 +284,14 @@ def _relaxed(state: PolyState, relax: tuple) -> PolyState:
 
 def _activation(kind: int) -> Callable[[object, PolyState], PolyState]:
     def transfer(_layer: object, state: PolyState) -> PolyState:
-        lo, hi = _input_bounds(state, len(state.nodes))
+        lo, hi = _input_bounds(state, len(state.nodes), settle=kind == 0)
         relax = K.relu_relax(lo, hi) if kind == 0 else K.smooth_relax(kind, lo, hi)
         return _relaxed(state, relax)
 
     return transfer
 
 
-def _prepare_pool(layer: MaxPool) -> tuple[np.ndarray, int]:
+def _prepare_pool(layer: MaxPool) -> tuple[np.ndarray, int, int]:
     """Windows [outputs, taps] of flat input ids, -1 where the window covers padding."""
     c, h, w = layer.in_shape
     _, oh, ow = layer.out_shape
@@ -278,13 +300,21 @@ def _prepare_pool(layer: MaxPool) -> tuple[np.ndarray, int]:
     rows, cols = r * sh + a - pt, s * sw + b - pl
     ok = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
     windows = np.where(ok, (ch * h + rows) * w + cols, -1).reshape(c * oh * ow, kh * kw)
-    return windows.astype(np.int64), c * h * w
+    return windows.astype(np.int64), c * h * w, oh * ow
 
 
-def _pool(prep: tuple[np.ndarray, int], state: PolyState) -> PolyState:
-    windows, n_in = prep
+def _pool(prep: tuple[np.ndarray, int, int], state: PolyState) -> PolyState:
+    windows, n_in, npos = prep
     lo, hi = _input_bounds(state, len(state.nodes))
     best, dominated, umax, out_lo, out_hi, mag = K.pool_relax(lo, hi, windows)
+    rows, todo = K.pool_pair_rows(lo, hi, windows, best, dominated, npos)
+    if todo.size:
+        low = _lower_of(state, len(state.nodes), rows)  # [positions, channels * (taps - 1)]
+        proved = np.all(low.reshape(todo.size, -1, max(windows.shape[1] - 1, 1)) >= 0.0, axis=2)
+        won = (np.arange(proved.shape[1])[None, :] * npos + todo[:, None])[proved]
+        won = won[~dominated[won]]
+        dominated[won] = True
+        out_hi[won] = hi[best[won]]
 
     def back(rows: Rows) -> Rows:
         return K.pool_step(*rows, best, dominated, umax, mag, n_in)

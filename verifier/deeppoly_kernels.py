@@ -511,3 +511,49 @@ def scale_bounds(a, b, lo, hi):
         out_lo[j] = min(p, q) + b[j] - e
         out_hi[j] = max(p, q) + b[j] + e
     return out_lo, out_hi
+
+
+@njit(cache=True, nogil=True)
+def pool_pair_rows(lo, hi, windows, best, dominated, npos):
+    """Rows x_best - x_k (k another input of the window) for proving x_best >= x_k
+    relationally, as ELINA does. Outputs o = channel * npos + position; the windows of one
+    position share their receptive field, so each position with an undecided window is one
+    block with (taps - 1) rows per channel. A row that needs no proof (a window already known
+    dominated, padding, or hi_k <= lo_best) is the constant 1.
+    Returns the rows and the positions they belong to."""
+    n_out, taps = windows.shape
+    nch = n_out // npos
+    kw = max(taps - 1, 1)
+    k = nch * kw
+    open_pos = np.zeros(npos, dtype=np.bool_)
+    for o in range(n_out):
+        if not dominated[o]:
+            open_pos[o % npos] = True
+    todo = np.flatnonzero(open_pos)
+    nb = todo.shape[0]
+    size = nch * taps
+    bptr = np.arange(nb + 1) * size
+    sup = np.empty(nb * size, dtype=np.int64)
+    T = np.zeros((nb * size, k))
+    c = np.ones((nb, k))
+    for b in range(nb):
+        for ch in range(nch):
+            o = ch * npos + todo[b]
+            bi = best[o]
+            base = b * size + ch * taps
+            sup[base] = bi
+            r = 0
+            for t in range(taps):
+                i = windows[o, t]
+                if i == bi or r >= kw:
+                    continue
+                p = base + 1 + r
+                sup[p] = bi if i < 0 else i
+                if not dominated[o] and i >= 0 and hi[i] > lo[bi]:
+                    T[base, ch * kw + r] = 1.0
+                    T[p, ch * kw + r] = -1.0
+                    c[b, ch * kw + r] = 0.0
+                r += 1
+            for q in range(base + 1 + r, base + taps):
+                sup[q] = bi
+    return (bptr, sup, T, c, np.zeros((nb, k))), todo
