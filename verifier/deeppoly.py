@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from verifier import deeppoly_kernels as K
+from verifier import deeppoly_relax as R
 from verifier.box import InputBox
 from verifier.domain import Domain
 from verifier.network import Conv, Dense, MaxPool, Relu, Scale, Sigmoid, Tanh
@@ -224,7 +225,7 @@ def _conv(prep: _Csr, state: PolyState) -> PolyState:
 def _scale(prep: _Csr, state: PolyState) -> PolyState:
     lo, hi = _input_bounds(state, len(state.nodes))
     mag = K.csr_mag(prep.indptr, prep.idx, prep.val, prep.bias, K.magnitude(lo, hi))
-    out_lo, out_hi = K.scale_bounds(prep.val, prep.bias, lo, hi)
+    out_lo, out_hi = R.scale_bounds(prep.val, prep.bias, lo, hi)
 
     def back(rows: Rows) -> Rows:
         return K.csr_step(*rows, prep.indptr, prep.idx, prep.val, prep.bias, mag, prep.n_in)
@@ -285,7 +286,7 @@ def _relaxed(state: PolyState, relax: tuple) -> PolyState:
 def _activation(kind: int) -> Callable[[object, PolyState], PolyState]:
     def transfer(_layer: object, state: PolyState) -> PolyState:
         lo, hi = _input_bounds(state, len(state.nodes), settle=kind == 0)
-        relax = K.relu_relax(lo, hi) if kind == 0 else K.smooth_relax(kind, lo, hi)
+        relax = R.relu_relax(lo, hi) if kind == 0 else R.smooth_relax(kind, lo, hi)
         return _relaxed(state, relax)
 
     return transfer
@@ -306,8 +307,8 @@ def _prepare_pool(layer: MaxPool) -> tuple[np.ndarray, int, int]:
 def _pool(prep: tuple[np.ndarray, int, int], state: PolyState) -> PolyState:
     windows, n_in, npos = prep
     lo, hi = _input_bounds(state, len(state.nodes))
-    best, dominated, umax, out_lo, out_hi, mag = K.pool_relax(lo, hi, windows)
-    rows, todo = K.pool_pair_rows(lo, hi, windows, best, dominated, npos)
+    best, dominated, umax, out_lo, out_hi, mag = R.pool_relax(lo, hi, windows)
+    rows, todo = R.pool_pair_rows(lo, hi, windows, best, dominated, npos)
     if todo.size:
         low = _lower_of(state, len(state.nodes), rows)  # [positions, channels * (taps - 1)]
         proved = np.all(low.reshape(todo.size, -1, max(windows.shape[1] - 1, 1)) >= 0.0, axis=2)
