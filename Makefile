@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 PYTHON  := $(BIN)/python
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: setup setup-worker test test-fast lint demo kafka kafka-stop bench soak fuzz study-quick study study-cifar artefacts models clean
+.PHONY: setup setup-worker test test-fast lint demo kafka kafka-stop bench soak fuzz study-quick study study-domains study-cifar artefacts models clean
 
 $(PYTHON):
 	$(PY) -m venv $(VENV)
@@ -50,6 +50,9 @@ fuzz:  ## fuzz the input decoder with atheris; findings in .cache/fuzz/
 
 study-quick:  ## the paper's study on one FNN and one CNN, ~20 inputs per category (minutes)
 	$(BIN)/radiusguard study --config study/configs/quick.toml --out reports/quick
+
+study-domains:  ## DeepZono and DeepPoly side by side on the shipped FNN and CNN; reports/domains/
+	$(BIN)/radiusguard study --config study/configs/domains.toml --out reports/domains
 
 study:  ## the paper's 31 MNIST networks of Table I (trains those not shipped; ~2 h on 2 cores)
 	$(BIN)/radiusguard study --config study/configs/full.toml --out reports/full

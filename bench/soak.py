@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
 from verifier.network import load_onnx  # noqa: E402
-from verifier.zonotope import ZonoNet  # noqa: E402
+from verifier.score import plan_for  # noqa: E402
 from worker import broker  # noqa: E402
 from worker.codec import decode_verdict, encode_input  # noqa: E402
 from worker.processor import Processor, Record, Scorer  # noqa: E402
@@ -96,9 +96,9 @@ def offline_rate(profile: Profile, inputs: Inputs, policy: str, jobs: int, batch
                  seconds: float) -> float:
     """Records per second through worker.processor alone (decode, radius, validation)."""
     net = load_onnx(MODEL)
-    znet = ZonoNet.of(net)
+    znet = plan_for(net, profile.verifier)
     v = profile.verifier
-    scorer = Scorer(znet, v.up, v.tol, v.search, jobs)
+    scorer = Scorer(znet, v, jobs)
     try:
         processor = Processor(znet, profile, policy, scorer)
         states: dict = {}

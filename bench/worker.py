@@ -8,7 +8,7 @@ figures; asserts nothing.
 Each model gets a quick profile (calibrated on other images) unless models/<name>.profile.json
 exists. Without --bootstrap a local broker is started (and stopped) for the run. Workers run as
 `radiusguard serve` subprocesses with 2 verifier threads in all: one worker x 2 threads, or two
-workers x 1 thread, the same budget as the offline certified_radii(jobs=2).
+workers x 1 thread, the same budget as the offline score_many(jobs=2).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import numpy as np  # noqa: E402
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
 from verifier.network import load_onnx  # noqa: E402
-from verifier.radius import certified_radii, radius_result  # noqa: E402
-from verifier.zonotope import ZonoNet  # noqa: E402
+from verifier.score import plan_for, radius_result, score_many  # noqa: E402
+from verifier.walk import Plan  # noqa: E402
 from worker import broker  # noqa: E402
 from worker.codec import encode_input  # noqa: E402
 from worker.processor import Processor, Record, Scorer, process_all  # noqa: E402
@@ -83,11 +83,11 @@ def timed(fn, n: int) -> Offline:
     return Offline(n / (time.perf_counter() - t0), (time.process_time() - c0) / n)
 
 
-def offline(znet: ZonoNet, xs: np.ndarray) -> tuple[Offline, float]:
+def offline(znet: Plan, xs: np.ndarray) -> tuple[Offline, float]:
     """certified_radii with jobs=2, and the median seconds of one certified radius."""
     flat = xs.reshape(len(xs), -1) / 255.0
-    certified_radii(znet, flat[:4], jobs=2)  # load the compiled kernels
-    radii = timed(lambda: certified_radii(znet, flat, jobs=2), len(flat))
+    score_many(znet, flat[:4], jobs=2)  # load the compiled kernels
+    radii = timed(lambda: score_many(znet, flat, jobs=2), len(flat))
     one = []
     for x in flat[:100]:
         t0 = time.perf_counter()
@@ -96,12 +96,12 @@ def offline(znet: ZonoNet, xs: np.ndarray) -> tuple[Offline, float]:
     return radii, statistics.median(one)
 
 
-def offline_processor(znet: ZonoNet, profile: Path, xs: np.ndarray) -> Offline:
+def offline_processor(znet: Plan, profile: Path, xs: np.ndarray) -> Offline:
     """The worker's own batch logic without Kafka: decode, radius (2 threads), Algorithm 2,
     verdict; the same streams, partitions and batches of 32."""
     prof = load_profile(profile)
     v = prof.verifier
-    scorer = Scorer(znet, v.up, v.tol, v.search, jobs=2)
+    scorer = Scorer(znet, v, jobs=2)
     try:
         proc = Processor(znet, prof, "distribution", scorer)
         records = []
@@ -263,14 +263,14 @@ def through_kafka(bootstrap: str, model: Path, profile: Path, xs: np.ndarray, wo
 def bench_model(name: str, n: int, bootstrap: str, tmp: Path) -> None:
     """Offline and through-Kafka figures of one model, printed as a small table."""
     model = ROOT / "models" / f"{name}.onnx"
-    znet = ZonoNet.of(load_onnx(model))
+    znet = plan_for(load_onnx(model))
     xs = np.load(ROOT / "models" / "mnist_test_1000.npz")["x"][:n]
     profile = profile_for(name, model, tmp)
     radii, radius_s = offline(znet, xs)
     logic = offline_processor(znet, profile, xs)
     print(f"\n{name}: {n} MNIST test images, {STREAMS} streams over {PARTITIONS} partitions, "
           f"distribution policy (load average {os.getloadavg()[0]:.1f})")
-    print(f"  offline certified_radii(jobs=2):  {radii.rate:7.1f} inputs/s, "
+    print(f"  offline score_many(jobs=2):  {radii.rate:7.1f} inputs/s, "
           f"{1000 * radii.cpu_per_input:6.2f} CPU ms/input; median certified radius "
           f"{1000 * radius_s:.1f} ms")
     print(f"  offline worker logic (no Kafka):  {logic.rate:7.1f} inputs/s, "

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from study import paper
+from study import domains_report, paper
 from worker.validate import DistributionValidator, normality_pvalue, replay
 
 THRESHOLDS: tuple[float, ...] = tuple(round(0.002 * k, 3) for k in range(1, 9))
@@ -333,6 +333,9 @@ def write_report(results: Mapping[str, Any], out: str | Path) -> Path:
     _write_csv(out / "roc.csv", roc, ("network", "category", "threshold", "fpr", "tpr"))
     _write_csv(out / "auc.csv", aucs, ("network", "category", "n_valid", "n_positive", "auc"))
     _write_csv(out / "algorithm2.csv", alg2)
+    domain_rows = domains_report.rows(results)
+    if domain_rows:
+        _write_csv(out / "domains.csv", domain_rows, domains_report.COLUMNS)
     figures = write_figures(results, roc, out)
     text = render(results, t1, t2, aucs, alg2, figures)
     path = out / "report.md"
@@ -380,7 +383,8 @@ def render(
            *_section_roc(aucs, figures, {n["name"] for n in detailed(results)}),
            *_section_counts(results, figures),
            *_section_hist(results, figures), *_section_exact(results, figures),
-           *_section_alg2(alg2, cfg), *_section_time(t1)]
+           *_section_alg2(alg2, cfg), *_section_time(t1),
+           *domains_report.section(domains_report.rows(results))]
     return "\n".join(md) + "\n"
 
 

@@ -30,8 +30,8 @@ from tqdm import tqdm
 from study.attacks import DEFAULT_ATTACKS, AttackSpec, LazyClassifier, attack_spec, run_attack
 from study.data import REPO_ROOT
 from verifier.network import Conv, MaxPool, Network, Sigmoid, Tanh, load_onnx
-from verifier.radius import radius_result
-from verifier.zonotope import ZonoNet
+from verifier.score import plan_for, score_many
+from verifier.settings import VerifierSettings
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,8 @@ class StudyConfig:
     n: int = 100
     seed: int = 0
     data: str = "mnist"
+    domain: str = "deepzono"
+    compare_domains: tuple[str, ...] = ()  # radii of the first-N sets under these domains too
     up: float = 0.256
     tol: float = 0.001
     search: str = "secant"
@@ -105,6 +107,11 @@ class StudyConfig:
     selections: tuple[str, ...] = SELECTIONS
     algorithm2: Algorithm2Config = field(default_factory=Algorithm2Config)
     source: str = ""
+
+    @property
+    def settings(self) -> VerifierSettings:
+        """How radii are computed in this study."""
+        return VerifierSettings(domain=self.domain, search=self.search, up=self.up, tol=self.tol)
 
     @property
     def categories(self) -> tuple[str, ...]:
@@ -178,6 +185,8 @@ def config_from_dict(
         study["exact_categories"] = tuple(str(c) for c in study["exact_categories"])
     if "selections" in study:
         study["selections"] = _selections_setting(study["selections"], "[study]")
+    if "compare_domains" in study:
+        study["compare_domains"] = tuple(str(d) for d in study["compare_domains"])
     data = str(study.pop("data", "mnist"))
     if data.startswith("cifar10:"):
         data = "cifar10:" + str(resolve_path(data.split(":", 1)[1], base))
@@ -194,6 +203,11 @@ def config_from_dict(
     if n is not None:
         cfg = replace(cfg, n=int(n), valid_n=None,
                       networks=tuple(replace(x, n=None, valid_n=None) for x in cfg.networks))
+    try:
+        for domain in (cfg.domain, *cfg.compare_domains):
+            replace(cfg, domain=domain).settings  # noqa: B018  (validates the settings)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if cfg.n < 1 or any(x.n is not None and x.n < 1 for x in cfg.networks):
         raise ConfigError("n must be >= 1")
     if cfg.algorithm2.s < 8:
@@ -433,25 +447,28 @@ def predictions(net: Network, data: Dataset, cache: Cache) -> np.ndarray:
 def radii_of(
     net: Network, xs: np.ndarray, cfg: StudyConfig, cache: Cache, desc: str
 ) -> dict[str, np.ndarray]:
-    """Certified radius, certified class, zonotope passes and seconds of each input (cached)."""
+    """Certified radius, certified class, domain passes and seconds of each input (cached).
+
+    Seconds are each chunk's thread-seconds shared equally among its inputs (radii are
+    computed in batches)."""
     xs = np.ascontiguousarray(xs, dtype=np.float32).reshape(len(xs), net.input_size)
-    key = cache.key("radii", net.sha256, cfg.up, cfg.tol, cfg.search,
+    key = cache.key("radii", net.sha256, cfg.domain, cfg.up, cfg.tol, cfg.search,
                     hashlib.sha256(xs.tobytes()).hexdigest())
     hit = cache.load("radii", key)
     if hit is not None:
         return hit
-    znet = ZonoNet.of(net)
-
-    def one(x: np.ndarray) -> tuple[float, int, int, float]:
-        t0 = time.perf_counter()
-        res = radius_result(znet, x.astype(np.float64), cfg.up, cfg.tol, cfg.search)
-        return res.radius, res.predicted, res.calls, time.perf_counter() - t0
-
+    settings = cfg.settings
+    plan = plan_for(net, settings)
+    jobs = max(1, cfg.jobs)
     rows: list[tuple[float, int, int, float]] = []
-    with _bar(len(xs), desc) as bar, ThreadPoolExecutor(max_workers=max(1, cfg.jobs)) as pool:
-        for row in pool.map(one, xs):
-            rows.append(row)
-            bar.update(1)
+    with _bar(len(xs), desc) as bar:
+        for start in range(0, len(xs), 8 * jobs):
+            part = xs[start : start + 8 * jobs].astype(np.float64)
+            t0 = time.perf_counter()
+            results = score_many(plan, part, settings, jobs)
+            share = (time.perf_counter() - t0) * min(jobs, len(part)) / len(part)
+            rows += [(r.radius, r.predicted, r.calls, share) for r in results]
+            bar.update(len(part))
     out = {
         "radius": np.array([r[0] for r in rows], dtype=np.float64),
         "predicted": np.array([r[1] for r in rows], dtype=np.int64),
@@ -496,6 +513,25 @@ def exact_radii(
            "status": np.array(status, dtype="U16"),
            "seconds": np.array([r[2] for r in rows])}
     cache.save("exact", key, **out)
+    return out
+
+
+def compare_domains(
+    net: Network, first_inputs: Mapping[str, np.ndarray], sets: Mapping[str, Any],
+    cfg: StudyConfig, cache: Cache, name: str,
+) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+    """Radii and seconds of every category's first-N inputs under each compared domain (the
+    study's own domain included, from the sets already computed)."""
+    out: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    for domain in dict.fromkeys((cfg.domain, *cfg.compare_domains)):
+        per_cat = {}
+        for cat, xs in first_inputs.items():
+            if domain == cfg.domain:
+                r = sets[cat]["first"]
+            else:
+                r = radii_of(net, xs, replace(cfg, domain=domain), cache, f"{name} {cat} {domain}")
+            per_cat[cat] = {k: r[k] for k in ("radius", "predicted", "calls", "seconds")}
+        out[domain] = per_cat
     return out
 
 
@@ -608,6 +644,8 @@ def study_network(
     seed = radii_of(net, data.floats(seed_idx), cfg, cache, f"{netcfg.name} seed window")
     rec["seed_window"] = {"index": seed_idx, **seed}
     rec["sets"] = sets
+    if cfg.compare_domains and netcfg.detail:
+        rec["domains"] = compare_domains(net, first_inputs, sets, cfg, cache, netcfg.name)
     want_exact = netcfg.exact if netcfg.exact is not None else cfg.exact
     if want_exact and rec["fnn"]:
         rec["exact"] = {}
@@ -672,7 +710,8 @@ def _limit_threads(n: int) -> None:
 def _config_record(cfg: StudyConfig) -> dict[str, Any]:
     return {
         "source": cfg.source, "n": cfg.n, "seed": cfg.seed, "data": _shown(cfg.data), "up": cfg.up,
-        "tol": cfg.tol, "search": cfg.search, "jobs": cfg.jobs, "exact": cfg.exact,
+        "tol": cfg.tol, "search": cfg.search, "domain": cfg.domain,
+        "compare_domains": list(cfg.compare_domains), "jobs": cfg.jobs, "exact": cfg.exact,
         "exact_n": cfg.exact_n, "exact_time_limit": cfg.exact_time_limit,
         "exact_categories": list(cfg.exact_categories or cfg.categories),
         "categories": list(cfg.categories),

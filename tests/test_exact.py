@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from verifier import VerifierSettings, certified_radius
 from verifier.exact import ExactResult, exact_radius
 from verifier.network import (
     Conv,
@@ -22,7 +23,6 @@ from verifier.network import (
     UnsupportedModelError,
     load_onnx,
 )
-from verifier.radius import certified_radius
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 FNN_PATH = MODELS_DIR / "fnn-3x30-relu.onnx"
@@ -42,8 +42,8 @@ def check_witness(net: Network, x: np.ndarray, label: int, res: ExactResult) -> 
 
 def certified_pair(net: Network, x: np.ndarray, label: int) -> tuple[float, float]:
     """Certified radii by bisection and by the secant search."""
-    bisect = certified_radius(net, x, up=UP, tol=TOL, search="bisect", label=label)
-    secant = certified_radius(net, x, up=UP, tol=TOL, search="secant", label=label)
+    bisect = certified_radius(net, x, VerifierSettings(search="bisect", up=UP, tol=TOL), label)
+    secant = certified_radius(net, x, VerifierSettings(search="secant", up=UP, tol=TOL), label)
     return bisect, secant
 
 
@@ -77,7 +77,7 @@ def test_closed_form_radius(x: tuple[float, float], c: float, eps: float) -> Non
     assert res.radius == pytest.approx(eps, abs=1e-6)
     check_witness(net, xv, 0, res)
     for search in ("bisect", "secant"):
-        assert certified_radius(net, xv, search=search) <= res.radius
+        assert certified_radius(net, xv, VerifierSettings(search=search)) <= res.radius
 
 
 def test_closed_form_beyond_max_eps_and_misclassified() -> None:

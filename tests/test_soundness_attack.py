@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from verifier import VerifierSettings, certified_radius
 from verifier.box import InputBox
 from verifier.network import Network, load_onnx
-from verifier.radius import certified_radius
 
 torch = pytest.importorskip("torch")
 onnx2torch = pytest.importorskip("onnx2torch")
@@ -82,7 +82,7 @@ def _case(name: str) -> Case:
     images, labels = x_all[correct], y_all[correct]
     radii = np.array(
         [
-            max(certified_radius(net, x, search=s, label=int(y)) for s in ("bisect", "secant"))
+            max(certified_radius(net, x, VerifierSettings(search=s), int(y)) for s in ("bisect", "secant"))
             for x, y in zip(images, labels, strict=True)
         ]
     )

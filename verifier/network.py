@@ -92,6 +92,25 @@ class Network:
     input_upper: float = 1.0
     meta: dict = field(default_factory=dict, compare=False)
 
+    def __repr__(self) -> str:
+        """One line: name, shapes and layer kinds, never the weights."""
+
+        def dims(shape) -> str:
+            return "x".join(str(int(d)) for d in shape)
+
+        def summary(layer) -> str:
+            kind = type(layer).__name__
+            if hasattr(layer, "in_shape"):
+                return f"{kind} {dims(layer.in_shape)}->{dims(layer.out_shape)}"
+            if hasattr(layer, "weight"):
+                return f"{kind} {layer.weight.shape[1]}->{layer.weight.shape[0]}"
+            return f"{kind} {len(layer.a)}" if hasattr(layer, "a") else kind
+
+        layers = ", ".join(summary(layer) for layer in self.layers)
+        digest = f", sha256 {self.sha256[:12]}" if self.sha256 else ""
+        return (f"Network({self.name or 'unnamed'!r}, input {dims(self.input_shape)}, "
+                f"{self.n_outputs} outputs, layers [{layers}]{digest})")
+
     @property
     def input_size(self) -> int:
         return int(np.prod(self.input_shape))

@@ -1,36 +1,24 @@
-"""Certified robustness radius: the largest eps at which is_robust holds, found by search.
+"""Certified robustness radius: the largest eps at which robustness is proved, found by search.
 
 `bisect` is the paper's Algorithm 1. `secant` probes the same grid of candidate eps values
 that bisection can return, guided by the certified margin (a continuous function of eps),
-and returns the largest grid point it proved robust; it needs fewer zonotope passes and,
-whenever robustness is monotone in eps (the usual case for DeepZono), its answer is at least
-the bisection's. Both only return eps values at which a full DeepZono pass proved robustness.
+and returns the largest grid point it proved robust; it needs fewer passes and, whenever
+robustness is monotone in eps (the usual case), its answer is at least the bisection's. Both
+only return eps values at which a full pass of the domain proved robustness.
+
+Searches are generators: each yields the eps it wants probed and receives the certified
+margin there, so `score_many` can advance many inputs' searches in lockstep and evaluate
+every round's probes as one batch.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Generator
 
 import numpy as np
 
-from verifier.network import Network
-from verifier.runtime import single_threaded
-from verifier.zonotope import ZonoNet, robustness_margin
-
-SEARCHES = ("bisect", "secant")
-
-
-@dataclass(frozen=True)
-class RadiusResult:
-    """A certified radius with the class it certifies and the cost of finding it."""
-
-    radius: float
-    predicted: int
-    calls: int
+Search = Generator[float, float, tuple[float, int]]
 
 
 def grid_size(up: float, tol: float) -> int:
@@ -47,24 +35,24 @@ def grid_size(up: float, tol: float) -> int:
     return n
 
 
-def bisect(margin: Callable[[float], float], up: float, tol: float) -> tuple[float, int]:
-    """Algorithm 1 (on the integer grid, same midpoints): returns (low, calls)."""
+def bisect_search(up: float, tol: float) -> Search:
+    """Algorithm 1 on the integer grid (same midpoints); returns (low, probes)."""
     n = grid_size(up, tol)
     low, high, calls = 0, n, 0
     while high - low > 1:
         mid = (low + high) // 2
         calls += 1
-        if margin(up * mid / n) > 0:
+        if (yield up * mid / n) > 0:
             low = mid
         else:
             high = mid
     return up * low / n, calls
 
 
-def secant(margin: Callable[[float], float], up: float, tol: float) -> tuple[float, int]:
-    """Margin-guided search on bisection's grid; returns (largest robust grid point, calls)."""
+def secant_search(up: float, tol: float) -> Search:
+    """Margin-guided search on bisection's grid; returns (largest robust grid point, probes)."""
     n = grid_size(up, tol)  # grid points 0..n; n (= up) is never tested, as in bisection
-    probes: dict[int, float] = {0: margin(0.0)}
+    probes: dict[int, float] = {0: (yield 0.0)}
     if probes[0] <= 0:
         return 0.0, 1
     lo, hi = 0, n
@@ -72,7 +60,7 @@ def secant(margin: Callable[[float], float], up: float, tol: float) -> tuple[flo
     stalls = 0
     while hi - lo > 1:
         k = min(max(guess, lo + 1), hi - 1)
-        probes[k] = margin(up * k / n)
+        probes[k] = yield up * k / n
         width = hi - lo
         if probes[k] > 0:
             lo = k
@@ -81,6 +69,32 @@ def secant(margin: Callable[[float], float], up: float, tol: float) -> tuple[flo
         stalls = stalls + 1 if (hi - lo) * 2 > width else 0
         guess = (lo + hi) // 2 if stalls >= 3 else _model_guess(probes, lo, hi)
     return up * lo / n, len(probes)
+
+
+SEARCH_FUNCTIONS: dict[str, Callable[[float, float], Search]] = {
+    "bisect": bisect_search,
+    "secant": secant_search,
+}
+
+
+def run_search(search: Search, margin: Callable[[float], float]) -> tuple[float, int]:
+    """Drive one search with a scalar margin function; returns (radius, probes)."""
+    try:
+        eps = next(search)
+        while True:
+            eps = search.send(margin(eps))
+    except StopIteration as done:
+        return done.value
+
+
+def bisect(margin: Callable[[float], float], up: float, tol: float) -> tuple[float, int]:
+    """Algorithm 1 with a margin function: returns (low, calls)."""
+    return run_search(bisect_search(up, tol), margin)
+
+
+def secant(margin: Callable[[float], float], up: float, tol: float) -> tuple[float, int]:
+    """The secant search with a margin function: returns (radius, calls)."""
+    return run_search(secant_search(up, tol), margin)
 
 
 def _model_guess(probes: dict[int, float], lo: int, hi: int) -> int:
@@ -109,54 +123,3 @@ def _model_guess(probes: dict[int, float], lo: int, hi: int) -> int:
         root = lo + (hi - lo) * probes[lo] / (probes[lo] - probes[hi])
     k = math.floor(root)
     return k if k > lo else lo + 1
-
-
-def certified_radius(
-    net: Network | ZonoNet,
-    x: np.ndarray,
-    up: float = 0.256,
-    tol: float = 0.001,
-    search: str = "secant",
-    label: int | None = None,
-) -> float:
-    """The certified L-infinity radius of x (Algorithm 1's `low` or a search at least as good)."""
-    return radius_result(net, x, up, tol, search, label).radius
-
-
-def radius_result(
-    net: Network | ZonoNet,
-    x: np.ndarray,
-    up: float = 0.256,
-    tol: float = 0.001,
-    search: str = "secant",
-    label: int | None = None,
-) -> RadiusResult:
-    """Like certified_radius, with the certified class and the number of zonotope passes."""
-    znet = ZonoNet.of(net)
-    x = np.asarray(x, dtype=np.float64).reshape(-1)
-    if label is None:
-        label = znet.net.predict(x)
-    if search not in SEARCHES:
-        raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
-    fn = bisect if search == "bisect" else secant
-    with single_threaded():
-        radius, calls = fn(lambda eps: robustness_margin(znet, x, eps, label), up, tol)
-    return RadiusResult(radius, int(label), calls)
-
-
-def certified_radii(
-    net: Network | ZonoNet,
-    xs: Sequence[np.ndarray] | np.ndarray,
-    up: float = 0.256,
-    tol: float = 0.001,
-    search: str = "secant",
-    jobs: int | None = None,
-) -> list[RadiusResult]:
-    """Radii of many inputs, in input order, on `jobs` threads (the kernels release the GIL)."""
-    znet = ZonoNet.of(net)
-    jobs = jobs or os.cpu_count() or 1
-    items = [np.asarray(x, dtype=np.float64).reshape(-1) for x in xs]
-    if jobs <= 1 or len(items) <= 1:
-        return [radius_result(znet, x, up, tol, search) for x in items]
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(lambda x: radius_result(znet, x, up, tol, search), items))

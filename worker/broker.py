@@ -25,6 +25,8 @@ from pathlib import Path
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
+from worker.paths import broker_data_dir, jar_cache_dir
+
 __all__ = [
     "DEFAULT_JVM_OPTS",
     "BrokerConfig",
@@ -68,8 +70,8 @@ class BrokerConfig:
 
     port: int = 9092
     controller_port: int | None = None  # None: port + 1 if free, else any free port
-    data_dir: Path = Path(".cache/kafka/broker")
-    jar_cache: Path = Path(".cache/kafka/libs")
+    data_dir: Path = field(default_factory=broker_data_dir)
+    jar_cache: Path = field(default_factory=jar_cache_dir)
     host: str = "127.0.0.1"
     num_partitions: int = 4
     extra_properties: dict[str, str] = field(default_factory=dict)

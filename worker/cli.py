@@ -1,5 +1,5 @@
-"""The `radiusguard` command line: radius, calibrate, serve, kafka, produce, record, replay,
-demo."""
+"""The `radiusguard` command line: radius, calibrate, serve, http, kafka, produce, record,
+replay, demo."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from worker.argtypes import positive_float, positive_int, unit_fraction
+from verifier.settings import DOMAIN_NAMES, SEARCHES, VerifierSettings
+from worker.argtypes import port_number, positive_float, positive_int, unit_fraction
+from worker.paths import broker_data_dir, jar_cache_dir
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # zonotope passes are single-threaded BLAS
 
@@ -20,13 +22,24 @@ class CliError(Exception):
 
 
 def _add_verifier_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--up", type=positive_float, default=0.256, help="upper end of the search")
-    p.add_argument("--tol", type=positive_float, default=0.001, help="search tolerance")
+    d = VerifierSettings()
+    p.add_argument("--domain", choices=DOMAIN_NAMES, default=d.domain,
+                   help=f"abstract domain (default {d.domain})")
+    p.add_argument("--up", type=positive_float, default=d.up,
+                   help=f"upper end of the search (default {d.up})")
+    p.add_argument("--tol", type=positive_float, default=d.tol,
+                   help=f"search tolerance (default {d.tol})")
     p.add_argument(
-        "--search", choices=("secant", "bisect"), default="secant",
-        help="secant: margin-guided, fewer passes, never below bisect; bisect: Algorithm 1",
+        "--search", choices=SEARCHES, default=d.search,
+        help="secant: margin-guided, fewer passes, never below bisect; bisect: Algorithm 1 "
+        f"(default {d.search})",
     )
     p.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 1, help="threads")
+
+
+def _settings(args: argparse.Namespace) -> VerifierSettings:
+    """The VerifierSettings the command-line options give."""
+    return VerifierSettings(domain=args.domain, search=args.search, up=args.up, tol=args.tol)
 
 
 # ----------------------------------------------------------------------------- radius
@@ -36,35 +49,31 @@ def cmd_radius(args: argparse.Namespace) -> int:
     """Certified (and optionally exact) radius of every input in a file, as CSV."""
     import numpy as np
 
-    from verifier.network import load_onnx
-    from verifier.radius import radius_result
-    from verifier.zonotope import ZonoNet
+    from verifier.score import plan_for, score_many
     from worker.inputs import load_inputs
+    from worker.modelfile import load_model
     from worker.progress import progress
 
-    net = load_onnx(args.model)
+    net = load_model(args.model)
     xs = load_inputs(args.inputs, net.input_size)
-    znet = ZonoNet.of(net)
+    settings = _settings(args)
+    plan = plan_for(net, settings)
     rows = []
-    exact = None
+    chunk = 16 * args.jobs
+    starts = range(0, len(xs), chunk)
+    for start in progress(starts, total=len(starts), desc=f"radii ({chunk} per step)"):
+        part = xs[start : start + chunk]
+        t0 = time.perf_counter()
+        results = score_many(plan, part, settings, args.jobs)
+        share = (time.perf_counter() - t0) * min(args.jobs, len(part)) / len(part)
+        rows += [[start + i, r.predicted, r.radius, share] for i, r in enumerate(results)]
     if args.exact:
         from verifier.exact import exact_radius
 
-        exact = exact_radius
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(i: int) -> list:
-        t0 = time.perf_counter()
-        res = radius_result(znet, xs[i], args.up, args.tol, args.search)
-        row = [i, res.predicted, res.radius, time.perf_counter() - t0]
-        if exact is not None:
-            ex = exact(net, xs[i], max_eps=args.up, label=res.predicted, lower_bracket=res.radius)
+        for row in progress(rows, total=len(rows), desc="exact radii"):
+            ex = exact_radius(net, xs[row[0]], max_eps=args.up, label=row[1],
+                              lower_bracket=row[2])
             row.append(ex.radius)
-        return row
-
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for row in progress(pool.map(one, range(len(xs))), total=len(xs), desc="radii"):
-            rows.append(row)
     header = "index,predicted,radius,seconds" + (",exact_radius" if args.exact else "")
     lines = [header] + [
         ",".join([str(r[0]), str(r[1]), f"{r[2]:.6g}", f"{r[3]:.6f}"] + [f"{v:.6g}" for v in r[4:]])
@@ -104,11 +113,11 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Fit a profile (threshold, Algorithm 2 parameters, seed window) for a model."""
-    from verifier.network import load_onnx
     from worker.inputs import load_inputs
+    from worker.modelfile import load_model
     from worker.profile import calibrate, save_profile
 
-    net = load_onnx(args.model)
+    net = load_model(args.model)
     xs = load_inputs(args.valid, net.input_size)
     labels = _load_labels(args.labels, len(xs))
     attacks = {name: load_inputs(path, net.input_size) for name, path in args.attack}
@@ -120,7 +129,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     try:
         profile = calibrate(
             net, xs, labels, max_false_alarm=args.max_false_alarm, window_size=args.window,
-            attacks=attacks, up=args.up, tol=args.tol, search=args.search, jobs=args.jobs,
+            attacks=attacks, settings=_settings(args), jobs=args.jobs,
             name=args.name, policy=args.policy,
         )
     except ValueError as exc:
@@ -178,12 +187,17 @@ def _load_labels(path: str, n: int | None = None):
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run one worker of the consumer group until SIGTERM."""
+    from worker.bootstrap import await_broker
     from worker.config import ServiceConfig, kafka_settings
     from worker.logs import configure_logging
+    from worker.modelfile import load_model
+    from worker.profile import check_settings, load_profile
     from worker.service import Service
 
+    check_settings(load_profile(args.profile), domain=args.domain, search=args.search)
     configure_logging(args.log_level)
     _quiet_kafka_selector()
+    load_model(args.model)  # an unreadable model is named here, before any Kafka client starts
     cfg = ServiceConfig(
         bootstrap=args.bootstrap, model=Path(args.model), profile=Path(args.profile),
         policy=args.policy, input_topic=args.input_topic, output_topic=args.output_topic,
@@ -193,6 +207,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         **({"worker_id": args.worker_id} if args.worker_id else {}),
     )
     service = Service(cfg)
+    await_broker(cfg, service.metrics, args.connect_timeout)  # one clear line if unreachable
     service.install_signal_handlers()
     service.run()
     return 0
@@ -300,8 +315,9 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Send a recording to a topic at its recorded pace (times --rate), or as fast as possible."""
-    from worker.replay import produce, read_recording
+    from worker.replay import check_recording, produce, read_recording
 
+    check_recording(args.file)  # a truncated or malformed file is refused before sending any
     records = read_recording(args.file)
     producer = _producer(args)
     try:
@@ -339,8 +355,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default in the help screens (unless it has none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, argparse.SUPPRESS) or action.help is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line usage errors."""
+    """argparse with one-line usage errors and defaults in the help screens."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:  # type: ignore[override]
         """Print one line (no usage block) and exit with status 2."""
@@ -360,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="radiusguard",
         description="Validate neural-network inputs by their certified robustness radius.",
     )
+    parser.add_argument("--version", action="version", version=f"radiusguard {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("radius", help="certified radius of each input in a file (CSV)")
@@ -387,10 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("kafka", help="a local single-node Apache Kafka broker (KRaft)")
-    p.add_argument("action", choices=("start", "stop", "status"))
-    p.add_argument("--port", type=positive_int, default=9092)
-    p.add_argument("--data-dir", default=".cache/kafka/broker")
-    p.add_argument("--jar-cache", default=".cache/kafka/libs")
+    p.add_argument("action", choices=("start", "stop", "status"),
+                   help="start (prints host:port), stop, or status (exit 1: not running)")
+    p.add_argument("--port", type=port_number, default=9092, help="the broker's client port")
+    p.add_argument("--data-dir", default=str(broker_data_dir("broker")),
+                   help="the broker's state (config, logs, pid); RADIUSGUARD_CACHE_DIR or "
+                   "XDG_CACHE_HOME moves the default")
+    p.add_argument("--jar-cache", default=str(jar_cache_dir()),
+                   help="where Maven puts the broker's jars (downloaded once)")
     p.set_defaults(func=cmd_kafka)
 
     p = sub.add_parser("serve", help="run a validation worker (a consumer-group member)")
@@ -399,17 +433,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", required=True, help="profile.json from `radiusguard calibrate`")
     p.add_argument("--policy", choices=("threshold", "distribution"),
                    help="default: the profile's policy")
-    p.add_argument("--input-topic", default="radiusguard.inputs")
-    p.add_argument("--output-topic", default="radiusguard.verdicts")
+    p.add_argument("--domain", choices=DOMAIN_NAMES,
+                   help="expected domain; refused unless the profile was calibrated with it")
+    p.add_argument("--search", choices=SEARCHES,
+                   help="expected radius search; refused unless the profile's")
+    p.add_argument("--input-topic", default="radiusguard.inputs",
+                   help="topic of input records (must exist)")
+    p.add_argument("--output-topic", default="radiusguard.verdicts",
+                   help="topic of verdicts (created if missing)")
     p.add_argument("--group", default="radiusguard", help="consumer group id")
     p.add_argument("--worker-id", help="stable id of this worker (default: host-pid)")
     p.add_argument("--max-batch", type=positive_int, default=32, help="records per transaction")
     p.add_argument("--max-input-bytes", type=positive_int, default=1 << 20,
                    help="larger input records are invalid")
     p.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 1, help="threads")
-    p.add_argument("--metrics-host", default="127.0.0.1")
-    p.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz here")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics server")
+    p.add_argument("--metrics-port", type=port_number,
+                   help="serve /metrics, /healthz, /readyz here (default: no metrics server)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                   help="log level (JSON lines on stderr)")
+    p.add_argument("--connect-timeout", type=positive_float, default=30.0,
+                   help="seconds to wait for the broker to accept connections at start")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("produce", help="send an array file or PNG folder as one input stream")
@@ -418,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", required=True, help="stream id (the record key), e.g. cam-1")
     p.add_argument("--rate", type=positive_float, help="inputs per second (default: at once)")
     p.add_argument("--labels", help="labels to attach (.npy, or .npz with 'y')")
-    p.add_argument("--topic", default="radiusguard.inputs")
+    p.add_argument("--topic", default="radiusguard.inputs", help="topic to send to")
     p.add_argument("--dtype", choices=("uint8", "float32", "float64"),
                    help="wire dtype (default: uint8 for uint8 data and PNG, else float64)")
     p.add_argument("--id-prefix", help="input ids are PREFIX-i (default: the stream id)")
@@ -426,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_produce)
 
     p = sub.add_parser("record", help="record a topic into a replay file (.rgr)")
-    p.add_argument("--topic", required=True)
+    p.add_argument("--topic", required=True, help="topic to read from its beginning")
     p.add_argument("--out", required=True, help="replay file to write")
     p.add_argument("--idle", type=positive_float, default=5.0,
                    help="stop after this many seconds without a new record")
@@ -436,10 +480,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="send a replay file's records to a topic")
     p.add_argument("file", help="replay file (.rgr) from `radiusguard record`")
-    p.add_argument("--topic", required=True)
+    p.add_argument("--topic", required=True, help="topic to send to")
     pace = p.add_mutually_exclusive_group()
     pace.add_argument("--rate", type=positive_float, default=1.0,
-                      help="speed as a multiple of the recorded pace (default 1)")
+                      help="speed as a multiple of the recorded pace")
     pace.add_argument("--fast", action="store_true", help="as fast as possible")
     p.add_argument("--streams", type=positive_int, default=1,
                    help="fan each record out to N streams (keys suffixed -0 .. -N-1)")
@@ -453,9 +497,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("http", help="serve verdicts over the Open Inference Protocol v2 (REST)")
+    from worker.http_server import add_arguments as add_http_arguments
+    from worker.http_server import run as run_http
+
+    add_http_arguments(p)
+    p.set_defaults(func=run_http)
+
     for register in _extra_commands():
         register(sub)
     return parser
+
+
+def _version() -> str:
+    """The installed package's version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("radiusguard")
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 def _window_size(text: str) -> int:

@@ -23,6 +23,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worker.argtypes import positive_float, positive_int
+from worker.paths import broker_data_dir, jar_cache_dir
+
 __all__ = ["CATEGORIES", "DemoError", "Tally", "add_arguments", "format_report", "run_demo"]
 
 DEFAULT_MODEL = Path("models/cnn-6-16-128-relu.onnx")
@@ -40,20 +43,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="ONNX model")
     p.add_argument("--profile", type=Path, default=DEFAULT_PROFILE, help="its profile.json")
     p.add_argument("--stream", type=Path, default=DEFAULT_STREAM, help="recording (.rgr)")
-    p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    p.add_argument("--jobs", type=int, default=1, help="verifier threads per worker")
+    p.add_argument("--workers", type=positive_int, default=2, help="worker processes")
+    p.add_argument("--jobs", type=positive_int, default=1, help="verifier threads per worker")
     p.add_argument("--policy", choices=("threshold", "distribution"), default="threshold",
-                   help="threshold (the profile default) or distribution (Algorithm 2)")
+                   help="threshold, or distribution (Algorithm 2)")
     pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--speed", type=float, default=1.0,
-                      help="replay speed as a multiple of the recorded pace (default 1)")
+    pace.add_argument("--speed", type=positive_float, default=1.0,
+                      help="replay speed as a multiple of the recorded pace")
     pace.add_argument("--fast", action="store_true", help="replay as fast as possible")
-    p.add_argument("--streams", type=int, default=1, help="fan the recording out to N streams")
+    p.add_argument("--streams", type=positive_int, default=1,
+                   help="fan the recording out to N streams")
     p.add_argument("--bootstrap", help="use this running broker instead of starting one")
-    p.add_argument("--data-dir", type=Path, default=Path(".cache/kafka/demo"),
+    p.add_argument("--data-dir", type=Path, default=broker_data_dir("demo"),
                    help="the demo broker's data dir (also holds the worker logs)")
-    p.add_argument("--jar-cache", type=Path, default=Path(".cache/kafka/libs"))
-    p.add_argument("--timeout", type=float, default=600.0,
+    p.add_argument("--jar-cache", type=Path, default=jar_cache_dir(),
+                   help="where Maven puts the broker's jars (downloaded once)")
+    p.add_argument("--timeout", type=positive_float, default=600.0,
                    help="give up after this many seconds without finishing")
 
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from verifier.radius import RadiusResult, radius_result
-from verifier.zonotope import ZonoNet
+from verifier.score import RadiusResult, radius_result
+from verifier.settings import VerifierSettings
+from verifier.walk import Plan
 from worker.codec import DEFAULT_STREAM, InputRecord, Invalid, Limits, Verdict, decode_input
 from worker.profile import Profile
 from worker.validate import DistributionValidator, ThresholdValidator, WindowState
@@ -57,8 +58,8 @@ class BatchResult:
 class Scorer:
     """Certified radii of many inputs on a pool of threads (the kernels release the GIL)."""
 
-    def __init__(self, znet: ZonoNet, up: float, tol: float, search: str, jobs: int):
-        self.znet, self.up, self.tol, self.search = znet, up, tol, search
+    def __init__(self, plan: Plan, settings: VerifierSettings, jobs: int):
+        self.plan, self.settings = plan, settings
         self.pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="radius")
 
     def score(self, xs: Sequence[np.ndarray]) -> list[RadiusResult | Exception]:
@@ -73,7 +74,7 @@ class Scorer:
 
     def _one(self, x: np.ndarray) -> RadiusResult | Exception:
         try:
-            return radius_result(self.znet, x, self.up, self.tol, self.search)
+            return radius_result(self.plan, x, self.settings)
         except Exception as exc:  # reported as that input's verdict, never raised
             return exc
 
@@ -88,7 +89,7 @@ class Processor:
 
     def __init__(
         self,
-        znet: ZonoNet,
+        znet: Plan,
         profile: Profile,
         policy: str,
         scorer: Scorer,

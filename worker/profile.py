@@ -19,7 +19,8 @@ import numpy as np
 from tqdm import tqdm
 
 from verifier.network import Network
-from verifier.radius import SEARCHES, certified_radii
+from verifier.score import score_many
+from verifier.settings import VerifierSettings
 from worker.validate import (
     MIN_WINDOW,
     DistributionValidator,
@@ -56,21 +57,6 @@ SIGMA1_GRID = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 class ProfileError(ValueError):
     """A profile file is unreadable or malformed, or does not belong to the model given."""
-
-
-@dataclass(frozen=True)
-class VerifierSettings:
-    """The radius search the profile was calibrated with (a worker must use the same)."""
-
-    up: float = 0.256
-    tol: float = 0.001
-    search: str = "secant"
-
-    def __post_init__(self) -> None:
-        if not (self.up > 0 and self.tol > 0 and math.isfinite(self.up)):
-            raise ValueError(f"verifier up and tol must be positive, got {self.up}, {self.tol}")
-        if self.search not in SEARCHES:
-            raise ValueError(f"verifier search must be one of {SEARCHES}, got {self.search!r}")
 
 
 @dataclass(frozen=True)
@@ -226,7 +212,12 @@ def profile_from_dict(data: Any) -> Profile:
             window_size=top.get("window_size", int),
             seed_window=tuple(float(r) for r in seed),
             verifier=VerifierSettings(
-                up=ver.get("up", float), tol=ver.get("tol", float), search=ver.get("search", str)
+                domain=ver.get("domain", str, default="deepzono"),
+                search=ver.get("search", str),
+                up=ver.get("up", float),
+                tol=ver.get("tol", float),
+                input_lower=ver.get("input_lower", float, optional=True, default=None),
+                input_upper=ver.get("input_upper", float, optional=True, default=None),
             ),
             calibration=CalibrationStats(
                 n=cal.get("n", int),
@@ -254,6 +245,18 @@ def check_model(profile: Profile, net: Network) -> None:
             f"profile {profile.name} was calibrated for model sha256 "
             f"{profile.model_sha256[:12]}…, but the model given has {given}"
         )
+
+
+def check_settings(profile: Profile, domain: str | None = None, search: str | None = None) -> None:
+    """Raise ProfileError when a requested domain or search differs from the profile's:
+    radii of another domain or search are on another scale than the calibrated threshold."""
+    v = profile.verifier
+    for what, wanted, have in (("domain", domain, v.domain), ("search", search, v.search)):
+        if wanted is not None and wanted != have:
+            raise ProfileError(
+                f"profile {profile.name} was calibrated with {what} {have}, not {wanted}; "
+                f"recalibrate with --{what} {wanted} or serve with --{what} {have}"
+            )
 
 
 def false_alarm_threshold(radii: Sequence[float] | np.ndarray, max_false_alarm: float) -> float:
@@ -302,9 +305,7 @@ def calibrate(
     max_false_alarm: float = 0.03,
     window_size: int = 50,
     attacks: Mapping[str, np.ndarray] | None = None,
-    up: float = 0.256,
-    tol: float = 0.001,
-    search: str = "secant",
+    settings: VerifierSettings | None = None,
     jobs: int | None = None,
     *,
     name: str | None = None,
@@ -325,7 +326,7 @@ def calibrate(
     with the fewest rejections).
     Each attack set is scored against the result.
     """
-    settings = VerifierSettings(up, tol, search)
+    settings = settings or VerifierSettings()
     if not 0.0 <= max_false_alarm < 1.0:
         raise ValueError(f"max_false_alarm must be in [0, 1), got {max_false_alarm}")
     if policy not in POLICIES:
@@ -488,13 +489,13 @@ def _inputs(x: np.ndarray, size: int, what: str) -> np.ndarray:
 def _radii(
     net: Network, xs: np.ndarray, settings: VerifierSettings, jobs: int | None, desc: str
 ) -> list:
-    """certified_radii in chunks, with a progress bar when stderr is a terminal."""
+    """score_many in chunks, with a progress bar when stderr is a terminal."""
     chunk = 16 * (jobs or os.cpu_count() or 1)
     out: list = []
     with tqdm(total=len(xs), desc=desc, disable=not sys.stderr.isatty(), leave=False) as bar:
         for start in range(0, len(xs), chunk):
             part = xs[start : start + chunk]
-            out += certified_radii(net, part, settings.up, settings.tol, settings.search, jobs)
+            out += score_many(net, part, settings, jobs)
             bar.update(len(part))
     return out
 

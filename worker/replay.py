@@ -9,6 +9,7 @@ Records are in time order; records of one key keep their topic order.
 from __future__ import annotations
 
 import heapq
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -74,18 +75,31 @@ def read_recording(path: str | Path) -> Iterator[Recorded]:
     return _records(path, f, unpacker)
 
 
+def check_recording(path: str | Path) -> int:
+    """Read a replay file to its end without sending anything: the number of records, or
+    ReplayFileError if it is malformed or truncated (so nothing of a bad file is replayed)."""
+    return sum(1 for _ in read_recording(path))
+
+
 def _records(path: Path, f, unpacker) -> Iterator[Recorded]:
+    n = 0
     with f:
+        size = os.fstat(f.fileno()).st_size
         try:
-            for n, obj in enumerate(unpacker):
+            for n, obj in enumerate(unpacker, 1):
                 key, value = obj.get("key"), obj["value"]
                 if not isinstance(key, bytes | None) or not isinstance(value, bytes | None):
-                    raise TypeError(f"record {n}: key and value must be binary or nil")
+                    raise TypeError(f"record {n - 1}: key and value must be binary or nil")
                 yield Recorded(key, value,
                                tuple((str(k), bytes(v)) for k, v in obj.get("headers", [])),
                                int(obj.get("ts", 0)))
         except (KeyError, TypeError, AttributeError, ValueError, msgpack.UnpackException) as exc:
             raise ReplayFileError(f"{path}: malformed record ({exc!r})") from None
+        if unpacker.tell() < size:  # msgpack stops quietly before an incomplete object
+            raise ReplayFileError(
+                f"{path}: truncated: {n} complete records, then {size - unpacker.tell()} bytes "
+                "of an incomplete one"
+            )
 
 
 def records_from_arrays(

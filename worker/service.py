@@ -35,7 +35,7 @@ from kafka.errors import (
 from kafka.structs import OffsetAndMetadata
 
 from verifier.network import load_onnx
-from verifier.zonotope import ZonoNet
+from verifier.score import plan_for
 from worker.codec import Limits, encode_verdict
 from worker.config import ConfigError, ServiceConfig, client_settings
 from worker.metrics import Metrics, MetricsServer
@@ -146,9 +146,8 @@ class Service:
         self.profile = load_profile(cfg.profile)
         check_model(self.profile, net)
         self.policy = cfg.policy or self.profile.policy
-        self.znet = ZonoNet.of(net)
-        v = self.profile.verifier
-        self.scorer = Scorer(self.znet, v.up, v.tol, v.search, cfg.jobs)
+        self.znet = plan_for(net, self.profile.verifier)
+        self.scorer = Scorer(self.znet, self.profile.verifier, cfg.jobs)
         self.processor = Processor(self.znet, self.profile, self.policy, self.scorer,
                                    limits=Limits(max_payload_bytes=cfg.max_input_bytes),
                                    worker_id=cfg.worker_id)

@@ -143,7 +143,7 @@ def test_rerun_resumes_from_the_cache(study_out: Path, monkeypatch) -> None:
         raise AssertionError("recomputed although cached")
 
     monkeypatch.setattr(attacks_mod, "generate", boom)
-    monkeypatch.setattr(run_mod, "radius_result", boom)
+    monkeypatch.setattr(run_mod, "score_many", boom)
     before = (study_out / "table2.csv").read_text()
     run_mod.run_study(tiny_config(), study_out)
     assert (study_out / "table2.csv").read_text() == before

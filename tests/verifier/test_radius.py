@@ -5,16 +5,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from verifier import VerifierSettings, is_robust, plan_for, radius_result, score_many
 from verifier.network import load_onnx
-from verifier.radius import bisect, certified_radii, grid_size, radius_result, secant
-from verifier.zonotope import ZonoNet, is_robust
+from verifier.radius import bisect, grid_size, secant
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 @pytest.fixture(scope="module")
 def fnn():
-    return ZonoNet.of(load_onnx(MODELS / "fnn-3x30-relu.onnx"))
+    return plan_for(load_onnx(MODELS / "fnn-3x30-relu.onnx"))
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,8 @@ def test_secant_at_least_bisect_with_fewer_passes(fnn, images):
     xs, _ = images
     s, b = [], []
     for x in xs[:60]:
-        s.append(radius_result(fnn, x, search="secant"))
-        b.append(radius_result(fnn, x, search="bisect"))
+        s.append(radius_result(fnn, x, VerifierSettings(search="secant")))
+        b.append(radius_result(fnn, x, VerifierSettings(search="bisect")))
     assert all(a.radius >= c.radius for a, c in zip(s, b, strict=True))
     assert np.mean([r.calls for r in s]) < np.mean([r.calls for r in b])
 
@@ -61,16 +61,35 @@ def test_radius_is_certified_and_tight_on_the_grid(fnn, images):
 
 def test_batch_api_keeps_order_on_two_threads(fnn, images):
     xs, _ = images
-    one = certified_radii(fnn, xs[:16], jobs=1)
-    two = certified_radii(fnn, xs[:16], jobs=2)
+    one = score_many(fnn, xs[:16], jobs=1)
+    two = score_many(fnn, xs[:16], jobs=2)
     assert [r.radius for r in one] == [r.radius for r in two]
     assert [r.predicted for r in one] == [int(np.argmax(fnn.net.forward(x))) for x in xs[:16]]
 
 
 def test_valid_inputs_have_larger_radii_than_misclassified(fnn, images):
     xs, ys = images
-    res = certified_radii(fnn, xs[:300], jobs=2)
+    res = score_many(fnn, xs[:300], jobs=2)
     radii = np.array([r.radius for r in res])
     ok = np.array([r.predicted for r in res]) == ys[:300]
     assert (~ok).sum() >= 3
     assert radii[ok].mean() > 2 * radii[~ok].mean()
+
+
+def test_batched_radii_equal_one_at_a_time(fnn, images):
+    xs, _ = images
+    batched = score_many(fnn, xs[:20], jobs=1)
+    single = [radius_result(fnn, x) for x in xs[:20]]
+    assert batched == single
+    assert score_many(fnn, xs[:1], jobs=2) == single[:1]  # one input, more threads than inputs
+
+
+def test_settings_are_checked_once_with_clear_errors():
+    with pytest.raises(ValueError, match="domain must be one of"):
+        VerifierSettings(domain="polyhedra")
+    with pytest.raises(ValueError, match="search must be one of"):
+        VerifierSettings(search="linear")
+    with pytest.raises(ValueError, match="positive"):
+        VerifierSettings(tol=0.0)
+    with pytest.raises(ValueError, match="input_lower must be below"):
+        VerifierSettings(input_lower=1.0, input_upper=0.0)

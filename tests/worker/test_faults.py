@@ -36,7 +36,7 @@ from tests.worker.test_service_kafka import (
     _produce,
 )
 from verifier.network import load_onnx
-from verifier.radius import certified_radii
+from verifier.score import score_many
 from worker.codec import encode_input
 from worker.profile import load_profile
 
@@ -67,8 +67,7 @@ def pool() -> tuple[np.ndarray, list[float]]:
                          rng.integers(0, 256, size=(40, 28, 28), dtype=np.uint8)])
     xs = xs[rng.permutation(POOL)]
     v = load_profile(PROFILE).verifier
-    results = certified_radii(load_onnx(FNN), xs.reshape(POOL, -1) / 255.0, v.up, v.tol,
-                              v.search, jobs=2)
+    results = score_many(load_onnx(FNN), xs.reshape(POOL, -1) / 255.0, v, jobs=2)
     return xs, [r.radius for r in results]
 
 

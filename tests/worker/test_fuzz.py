@@ -27,7 +27,8 @@ from fuzz.codec_fuzz import (
     reference_decode,
 )
 from verifier.network import Dense, Network, Relu
-from verifier.zonotope import ZonoNet
+from verifier.score import plan_for
+from verifier.walk import Plan
 from worker.codec import DEFAULT_STREAM, InputRecord, Invalid, Limits, decode_input, encode_input
 from worker.processor import BatchResult, Processor, Record, Scorer, process_all
 from worker.profile import CalibrationStats, Profile, VerifierSettings
@@ -53,7 +54,7 @@ REASONS = (
 
 
 @pytest.fixture(scope="module")
-def tiny() -> Iterator[tuple[ZonoNet, Profile, Scorer]]:
+def tiny() -> Iterator[tuple[Plan, Profile, Scorer]]:
     """A random 6-8-3 ReLU network, a profile built for it, and a coarse (fast) scorer."""
     rng = np.random.default_rng(11)
     net = Network(
@@ -61,9 +62,9 @@ def tiny() -> Iterator[tuple[ZonoNet, Profile, Scorer]]:
                 Dense(rng.normal(size=(3, 8)), rng.normal(size=3) * 0.1)),
         input_shape=(EXPECTED_SIZE,), n_outputs=3, sha256="f" * 64, name="tiny",
     )
-    znet = ZonoNet.of(net)
+    znet = plan_for(net)
     verifier = VerifierSettings(up=0.256, tol=0.05, search="bisect")
-    scorer = Scorer(znet, verifier.up, verifier.tol, verifier.search, jobs=2)
+    scorer = Scorer(znet, verifier, jobs=2)
     radii = sorted(r.radius for r in scorer.score(list(rng.uniform(0, 1, (40, EXPECTED_SIZE)))))
     threshold = radii[len(radii) // 2]
     assert radii[0] < threshold, "the profile must both accept and reject"
@@ -82,7 +83,7 @@ def tiny() -> Iterator[tuple[ZonoNet, Profile, Scorer]]:
         scorer.close()
 
 
-def _processor(tiny: tuple[ZonoNet, Profile, Scorer], policy: str) -> Processor:
+def _processor(tiny: tuple[Plan, Profile, Scorer], policy: str) -> Processor:
     znet, profile, scorer = tiny
     return Processor(znet, profile, policy, scorer, LIMITS, worker_id="fuzz")
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from verifier.network import load_onnx
-from verifier.radius import RadiusResult, certified_radii
-from verifier.zonotope import ZonoNet
+from verifier.score import RadiusResult, plan_for, score_many
+from verifier.walk import Plan
 from worker.codec import encode_input
 from worker.processor import Processor, Record, Scorer, process_all
 from worker.profile import CalibrationStats, Profile, VerifierSettings
@@ -26,8 +26,8 @@ WINDOW = 10
 
 
 @pytest.fixture(scope="module")
-def znet() -> ZonoNet:
-    return ZonoNet.of(load_onnx(FNN))
+def znet() -> Plan:
+    return plan_for(load_onnx(FNN))
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +40,10 @@ def images() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def profile(znet: ZonoNet) -> Profile:
+def profile(znet: Plan) -> Profile:
     """A profile built directly: the seed window is the radii of ten other digits."""
     xs = np.load(MNIST)["x"][300:310].reshape(10, -1) / 255.0
-    seed = [r.radius for r in certified_radii(znet, xs, jobs=2)]
+    seed = [r.radius for r in score_many(znet, xs, jobs=2)]
     threshold = float(np.quantile(seed, 0.2))
     stats = CalibrationStats(n=10, n_inputs=10, accuracy=1.0, mean_radius=float(np.mean(seed)),
                              normality_pvalue=None, false_alarm_target=0.1,
@@ -54,8 +54,8 @@ def profile(znet: ZonoNet) -> Profile:
 
 
 @pytest.fixture(scope="module")
-def scorer(znet: ZonoNet):
-    s = Scorer(znet, 0.256, 0.001, "secant", jobs=2)
+def scorer(znet: Plan):
+    s = Scorer(znet, VerifierSettings(), jobs=2)
     yield s
     s.close()
 
@@ -82,9 +82,9 @@ def _per_stream(verdicts) -> dict[str, list[tuple]]:
     return out
 
 
-def _expected(znet: ZonoNet, profile: Profile, images: np.ndarray, policy: str,
+def _expected(znet: Plan, profile: Profile, images: np.ndarray, policy: str,
               stream: str) -> list[tuple]:
-    radii = certified_radii(znet, images.reshape(len(images), -1) / 255.0, jobs=2)
+    radii = score_many(znet, images.reshape(len(images), -1) / 255.0, jobs=2)
     validator = profile.validator(policy)
     state = profile.initial_state() if policy == "distribution" else None
     out = []
@@ -190,7 +190,7 @@ def test_a_failing_verification_does_not_take_the_batch_down(znet, profile, scor
 
 
 def test_scorer_returns_errors_in_place(znet) -> None:
-    s = Scorer(znet, 0.256, 0.001, "secant", jobs=1)
+    s = Scorer(znet, VerifierSettings(), jobs=1)
     try:
         out = s.score([np.zeros(784), np.zeros(3)])
     finally:

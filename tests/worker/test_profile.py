@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from verifier.network import Dense, Network, Relu, load_onnx
-from verifier.radius import certified_radii
+from verifier.score import score_many
+from verifier.settings import VerifierSettings
 from worker.profile import (
     SIGMA0_FACTORS,
     Profile,
@@ -29,7 +30,7 @@ from worker.validate import DistributionValidator, ThresholdValidator, replay
 MODELS = Path(__file__).resolve().parents[2] / "models"
 ONNX = MODELS / "fnn-3x30-relu.onnx"
 MNIST = MODELS / "mnist_test_1000.npz"
-SETTINGS = {"up": 0.256, "tol": 0.001, "search": "secant", "jobs": 2}
+SETTINGS = {"settings": VerifierSettings(up=0.256, tol=0.001, search="secant"), "jobs": 2}
 
 
 def tiny_net(seed: int = 1) -> Network:
@@ -61,7 +62,7 @@ def tiny_profile(tiny) -> Profile:
 
 
 def _valid_radii(net: Network, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    res = certified_radii(net, x, **SETTINGS)
+    res = score_many(net, x, **SETTINGS)
     return np.array([r.radius for r, y in zip(res, labels, strict=True) if r.predicted == y])
 
 
@@ -167,7 +168,7 @@ def test_calibrate_scores_attacks(tiny, tiny_profile) -> None:
     adv_x = np.clip(
         tiny[1][:60] + np.random.default_rng(3).uniform(-0.4, 0.4, size=(60, 12)), 0, 1
     )
-    adv = np.array([r.radius for r in certified_radii(net, adv_x, **SETTINGS)])
+    adv = np.array([r.radius for r in score_many(net, adv_x, **SETTINGS)])
     a = tiny_profile.attacks["noise"]
     assert a.n == 60 and a.mean_radius == pytest.approx(adv.mean())
     assert a.rejection_rate == np.mean(adv < tiny_profile.threshold)
@@ -208,8 +209,9 @@ def test_save_load_round_trip(tmp_path: Path, tiny_profile: Profile) -> None:
     save_profile(tiny_profile, path)
     assert load_profile(path) == tiny_profile
     data = json.loads(path.read_text())
-    assert data["format"] == 1 and data["verifier"] == {"up": 0.256, "tol": 0.001,
-                                                        "search": "secant"}
+    assert data["format"] == 1 and data["verifier"] == {
+        "domain": "deepzono", "search": "secant", "up": 0.256, "tol": 0.001,
+        "input_lower": None, "input_upper": None}
     assert list(tmp_path.iterdir()) == [path]
 
 
@@ -332,3 +334,18 @@ def test_calibrate_shipped_mnist_model(tmp_path: Path) -> None:
     assert attack.rejection_rate > 0.4 and attack.auc > 0.9
     save_profile(p, tmp_path / "mnist.json")
     assert load_profile(tmp_path / "mnist.json") == p
+
+
+def test_profile_without_domain_is_deepzono_and_serve_checks_it(tmp_path: Path,
+                                                                tiny_profile: Profile) -> None:
+    from worker.profile import check_settings
+
+    data = tiny_profile.to_dict()
+    del data["verifier"]["domain"]
+    loaded = load_profile(_write(tmp_path, data))
+    assert loaded.verifier.domain == "deepzono"
+    check_settings(loaded, domain="deepzono", search="secant")
+    with pytest.raises(ProfileError, match="calibrated with domain deepzono, not deeppoly"):
+        check_settings(loaded, domain="deeppoly")
+    with pytest.raises(ProfileError, match="calibrated with search secant, not bisect"):
+        check_settings(loaded, search="bisect")

@@ -26,7 +26,7 @@ from kafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
 
 from verifier.network import load_onnx
-from verifier.radius import certified_radii
+from verifier.score import score_many
 from worker.cli import main
 from worker.codec import decode_verdict, encode_input, encode_verdict
 from worker.config import ConfigError, ServiceConfig
@@ -105,7 +105,7 @@ def _key(v: dict) -> Key:
 
 @pytest.fixture(scope="module")
 def reference(streams: list[Stream], profile: tuple[Path, Profile]) -> dict[str, dict]:
-    """Per policy and stream: the verdict sequence from certified_radii and the validators."""
+    """Per policy and stream: the verdict sequence from score_many and the validators."""
     prof = profile[1]
     v = prof.verifier
     net = load_onnx(FNN)
@@ -113,8 +113,7 @@ def reference(streams: list[Stream], profile: tuple[Path, Profile]) -> dict[str,
     for policy in ("threshold", "distribution"):
         per_stream = {}
         for s in streams:
-            radii = certified_radii(net, s.xs.reshape(len(s.xs), -1) / 255.0, v.up, v.tol,
-                                    v.search, jobs=2)
+            radii = score_many(net, s.xs.reshape(len(s.xs), -1) / 255.0, v, jobs=2)
             validator = prof.validator(policy)
             state = prof.initial_state() if policy == "distribution" else None
             seq = []

@@ -1,13 +1,16 @@
 """DeepZono transformers: exact numbers on hand-checkable cases, soundness on random ones."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from verifier import is_robust, margins, output_bounds, plan_for
 from verifier.box import InputBox
 from verifier.network import Conv, Dense, MaxPool, Network, Relu, Scale, Sigmoid, Tanh
-from verifier.zonotope import is_robust, margins, output_bounds
+from verifier.walk import analyse
 
 
 def _net(layers, in_shape, n_out):
@@ -48,6 +51,45 @@ def test_maxpool_dominating_input_passes_through():
     box = InputBox(np.array([0.2, 0.0, 0.1, 0.0]), np.array([1.0, 0.5, 0.2, 0.3]))
     lo, hi = output_bounds(net, box)  # undecided: boxed as [max lower, max upper]
     assert lo[0] == pytest.approx(0.2, abs=1e-12) and hi[0] == pytest.approx(1.0, abs=1e-12)
+
+
+def _pair_pool_net():
+    # pixels a, b, c -> 1x2 conv with weights [1, 1] -> (a + b, b + c) -> max over both
+    conv = Conv(np.ones((1, 1, 1, 2)), np.zeros(1), (1, 1, 3), (1, 1, 2), (1, 1), (0, 0, 0, 0))
+    pool = MaxPool((1, 1, 2), (1, 1, 1), (1, 2), (1, 2), (0, 0, 0, 0))
+    return _net([conv, pool, Dense(np.eye(1), np.zeros(1))], (1, 1, 3), 1)
+
+
+def test_maxpool_dominance_is_tested_on_the_difference_of_affine_forms():
+    # a = 1, b in [0, 1], c = 0.5: a + b in [1, 2] and b + c in [0.5, 1.5] overlap as intervals,
+    # but (a + b) - (b + c) = 0.5 > 0 exactly, so a + b passes through with b's generator
+    plan = plan_for(_pair_pool_net())
+    box = InputBox(np.array([1.0, 0.0, 0.5]), np.array([1.0, 1.0, 0.5]))
+    z = analyse(replace(plan, steps=plan.steps[:2]), box)
+    assert z.m == 3  # generator ids 0..2 (the inputs): no fresh one; the winner carries b's
+    assert z.c[0] == pytest.approx(1.5, abs=1e-12)
+    assert list(z.idx) == [1] and z.val[0] == pytest.approx(0.5, abs=1e-12)
+    lo, hi = output_bounds(plan, box)
+    assert lo[0] == pytest.approx(1.0, abs=1e-12) and hi[0] == pytest.approx(2.0, abs=1e-12)
+
+
+def test_maxpool_without_generators_adds_none():
+    # every input fixed: the window is a constant; no fresh generator, a tiny error box only
+    plan = plan_for(_pair_pool_net())
+    box = InputBox(np.array([1.0, 0.25, 0.5]), np.array([1.0, 0.25, 0.5]))
+    z = analyse(replace(plan, steps=plan.steps[:2]), box)
+    assert z.m == 3 and len(z.idx) == 0
+    assert z.c[0] == pytest.approx(1.25, abs=1e-12) and 0 < z.beta[0] < 1e-12
+
+
+def test_maxpool_undecided_window_gets_one_fresh_generator():
+    # a + b and b + c with a in [0, 1], c in [0, 1]: either may win
+    plan = plan_for(_pair_pool_net())
+    box = InputBox(np.array([0.0, 0.0, 0.0]), np.array([1.0, 1.0, 1.0]))
+    z = analyse(replace(plan, steps=plan.steps[:2]), box)
+    assert z.m == 4 and list(z.idx) == [3]
+    lo, hi = output_bounds(plan, box)
+    assert lo[0] == pytest.approx(0.0, abs=1e-12) and hi[0] == pytest.approx(2.0, abs=1e-12)
 
 
 def _random_net(rng, kind, act):
