@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from verifier import zonotope
 from verifier.box import InputBox
 from verifier.deeppoly import DEEPPOLY
+from verifier.deepzono import DEEPZONO
 from verifier.network import (
     Conv,
     Dense,
@@ -47,17 +47,12 @@ def _lower(plan: Plan, box: InputBox, row) -> float:
     return float(DEEPPOLY.linear_lower(analyse(plan, box), C, np.zeros(1))[0])
 
 
-def _radius(plan: Plan | Network, x: np.ndarray, label: int) -> float:
-    """Bisection on [0, UP] to TOL: the largest eps probed at which every margin is > 0
-    (DeepPoly for a Plan, DeepZono for a Network)."""
+def _radius(plan: Plan, x: np.ndarray, label: int) -> float:
+    """Bisection on [0, UP] to TOL: the largest eps probed at which every margin is > 0."""
     lo, hi = 0.0, UP
     while hi - lo >= TOL:
         mid = 0.5 * (lo + hi)
-        if isinstance(plan, Plan):
-            m = margins(plan, InputBox.linf(x, mid), label)
-        else:
-            m = zonotope.margins(plan, x, mid, label)
-        if np.min(m) > 0:
+        if np.min(margins(plan, InputBox.linf(x, mid), label)) > 0:
             lo = mid
         else:
             hi = mid
@@ -271,7 +266,7 @@ def _mnist(name: str, n: int):
 
 def test_cnn_margins_tighter_than_deepzono_and_intervals():
     net, xs, ys, _ = _mnist("cnn-6-16-128-relu", 10)
-    plan = Plan.of(net, DEEPPOLY)
+    plan, zplan = Plan.of(net, DEEPPOLY), Plan.of(net, DEEPZONO)
     poly, zono = [], []
     for x, y in zip(xs, ys, strict=True):
         box = InputBox.linf(x, 0.02)
@@ -279,7 +274,7 @@ def test_cnn_margins_tighter_than_deepzono_and_intervals():
         lo, hi = _interval_bounds(net, box)
         assert np.all(np.delete(m, y) >= np.delete(lo[y] - hi, y))  # intervals' margins
         poly.append(np.min(m))
-        zono.append(np.min(zonotope.margins(net, x, 0.02, int(y))))
+        zono.append(np.min(margins(zplan, box, int(y))))
     assert np.mean(poly) > np.mean(zono)
 
 
@@ -307,12 +302,12 @@ def test_fnn_radius_below_exact_milp():
 
     net, xs, ys, idx = _mnist("fnn-3x30-relu", 50)
     assert len(xs) == 50
-    plan = Plan.of(net, DEEPPOLY)
+    plan, zplan = Plan.of(net, DEEPPOLY), Plan.of(net, DEEPZONO)
     poly, zono = [], []
     for i, x, y in zip(idx, xs, ys, strict=True):
         r = _radius(plan, x, int(y))
         poly.append(r)
-        zono.append(_radius(net, x, int(y)))
+        zono.append(_radius(zplan, x, int(y)))
         res = exact_radius(net, x, max_eps=r, label=int(y))
         assert res.status == "beyond_max_eps", (
             f"fnn-3x30-relu test index {i}: DeepPoly radius {r} but an adversarial point of "
