@@ -17,6 +17,7 @@ import numpy as np
 
 from verifier.box import InputBox
 from verifier.network import Network
+from verifier.settings import DOMAIN_NAMES
 from verifier.vnnlib import Disjunct, Spec, VnnlibError, load
 from worker.modelfile import load_model
 
@@ -116,6 +117,6 @@ def register(sub) -> None:
     p = sub.add_parser("verify", help="prove a VNN-LIB property (holds) or answer unknown")
     p.add_argument("model", help="ONNX model")
     p.add_argument("spec", help="VNN-LIB property (.vnnlib): input box and unsafe outputs")
-    p.add_argument("--domain", default="deepzono",
-                   help="abstract domain: deepzono (default) or any other the verifier has")
+    p.add_argument("--domain", choices=DOMAIN_NAMES, default="deepzono",
+                   help="abstract domain (default deepzono)")
     p.set_defaults(func=cmd_verify)

@@ -9,6 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 from verifier.box import InputBox
 from verifier.domains import get_domain
 from verifier.network import Conv, Dense, MaxPool, Scale, UnsupportedModelError, from_onnx_model
+from verifier.settings import DOMAIN_NAMES
 from verifier.walk import Plan, output_bounds
 
 RNG = np.random.default_rng(7)
@@ -193,8 +194,9 @@ def test_per_channel_normalisation(pads):
     assert isinstance(net.layers[0], Conv) == folded and isinstance(net.layers[0], Scale) != folded
 
 
-def test_lowered_ops_keep_zonotope_bounds_sound():
-    """Bounds from the existing domain contain the outputs of sampled points in the box."""
+@pytest.mark.parametrize("domain", DOMAIN_NAMES)
+def test_lowered_ops_keep_bounds_sound(domain):
+    """Every domain's bounds contain the outputs of sampled points in the box."""
     inits = {"gw": _w(4, 1, 3, 3), "gb": _w(4, s=0.1), "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1])}
     nodes = [helper.make_node("Pad", ["input", "pads"], ["p"]),
              helper.make_node("Conv", ["p", "gw", "gb"], ["y"], kernel_shape=[3, 3], group=4),
@@ -204,7 +206,7 @@ def test_lowered_ops_keep_zonotope_bounds_sound():
     net = _check(_model(nodes, inits, (4, 6, 6), 3), (4, 6, 6))
     x = np.random.default_rng(3).uniform(size=net.input_size)
     box = InputBox.linf(x, 0.05)
-    lo, hi = output_bounds(Plan.of(net, get_domain("deepzono")), box)
+    lo, hi = output_bounds(Plan.of(net, get_domain(domain)), box)
     pts = np.random.default_rng(4).uniform(box.lower, box.upper, size=(200, net.input_size))
     out = net.forward(pts)
     assert np.all(out >= lo - 1e-12) and np.all(out <= hi + 1e-12)
@@ -237,8 +239,9 @@ def test_batch_normalization_after_a_dense_layer_reshaped_to_an_image():
     assert [type(v).__name__ for v in net.layers] == ["Dense", "Relu", "Dense"]
 
 
+@pytest.mark.parametrize("domain", DOMAIN_NAMES)
 @pytest.mark.parametrize("lo,hi", [(0.0, 6.0), (-0.5, 0.7), (0.2, None), (None, 0.3)])
-def test_clip_is_a_chain_of_relus_and_sound(lo, hi):
+def test_clip_is_a_chain_of_relus_and_sound(lo, hi, domain):
     """Clip (ReLU6 and others) lowers exactly; sampled outputs stay in the domain's bounds."""
     inits, conv = _conv("c", "input", "y", 3, 2)
     names = ["y", "lo" if lo is not None else "", "hi" if hi is not None else ""]
@@ -250,6 +253,6 @@ def test_clip_is_a_chain_of_relus_and_sound(lo, hi):
     net = _check(_model(nodes, inits, (2, 6, 6), 3), (2, 6, 6), n=20)
     x = np.random.default_rng(5).uniform(size=net.input_size)
     box = InputBox.linf(x, 0.1)
-    lo_b, hi_b = output_bounds(Plan.of(net, get_domain("deepzono")), box)
+    lo_b, hi_b = output_bounds(Plan.of(net, get_domain(domain)), box)
     out = net.forward(np.random.default_rng(6).uniform(box.lower, box.upper, (300, net.input_size)))
     assert np.all(out >= lo_b - 1e-12) and np.all(out <= hi_b + 1e-12)
