@@ -70,7 +70,8 @@ def test_codec_transposes_channels_last_and_refuses_other_shapes():
     assert isinstance(bad, Invalid) and "shape [5, 4, 3]" in bad.reason
 
 
-def test_cli_radius_on_a_colour_conv_model_in_both_layouts(tmp_path, capsys):
+def _colour_model(path):
+    """conv(4, 3x3) after per-channel mean subtraction, relu, dense 3, on [3, 4, 5] inputs."""
     rng = np.random.default_rng(1)
     inits = {"k": rng.normal(size=(4, 3, 3, 3)) * 0.4, "c": rng.normal(size=4) * 0.1,
              "mean": np.array([0.5, 0.4, 0.3]).reshape(1, 3, 1, 1),
@@ -79,8 +80,12 @@ def test_cli_radius_on_a_colour_conv_model_in_both_layouts(tmp_path, capsys):
              helper.make_node("Conv", ["s", "k", "c"], ["y"], kernel_shape=[3, 3]),
              helper.make_node("Relu", ["y"], ["r"]), helper.make_node("Flatten", ["r"], ["f"]),
              helper.make_node("Gemm", ["f", "w", "b"], ["logits"], transB=1)]
-    model = tmp_path / "colour.onnx"
-    model.write_bytes(_model(nodes, inits, SHAPE, 3).SerializeToString())
+    path.write_bytes(_model(nodes, inits, SHAPE, 3).SerializeToString())
+    return path
+
+
+def test_cli_radius_on_a_colour_conv_model_in_both_layouts(tmp_path, capsys):
+    model = _colour_model(tmp_path / "colour.onnx")
     x = _nchw(3, seed=2)
     np.save(tmp_path / "nchw.npy", x)
     np.save(tmp_path / "nhwc.npy", x.transpose(0, 2, 3, 1))
@@ -91,3 +96,39 @@ def test_cli_radius_on_a_colour_conv_model_in_both_layouts(tmp_path, capsys):
         outs.append([r.split(",")[:3] for r in rows])
     assert outs[0] == outs[1] and len(outs[0]) == 3
     assert all(float(r[2]) > 0 for r in outs[0])
+
+
+def test_colour_calibration_and_worker_processing(tmp_path):
+    """Calibrate from a channels-last file through the CLI, then the worker's processor gives
+    the same verdicts for records in either layout and refuses other shapes."""
+    from verifier.network import load_onnx
+    from verifier.score import plan_for
+    from worker.processor import Processor, Record, Scorer, process_all
+    from worker.profile import load_profile
+
+    model = _colour_model(tmp_path / "colour.onnx")
+    net = load_onnx(model)
+    x = _nchw(24, seed=5)
+    np.save(tmp_path / "valid.npy", x.transpose(0, 2, 3, 1))
+    np.save(tmp_path / "labels.npy", net.forward(x / 255.0).argmax(1))
+    assert main(["calibrate", str(model), str(tmp_path / "valid.npy"), "--labels",
+                 str(tmp_path / "labels.npy"), "--window", "8", "--max-false-alarm", "0.2",
+                 "--jobs", "1", "--out", str(tmp_path / "p.json")]) == 0
+    profile = load_profile(tmp_path / "p.json")
+    assert profile.calibration.n == 24
+    plan = plan_for(net, profile.verifier)
+    scorer = Scorer(plan, profile.verifier, jobs=1)
+    try:
+        proc = Processor(plan, profile, "threshold", scorer)
+        verdicts = []
+        for items in (x[:6], x[:6].transpose(0, 2, 3, 1)):
+            recs = [Record("in", 0, i, *encode_input(f"i{i}", v, stream="cam", dtype="uint8"))
+                    for i, v in enumerate(items)]
+            verdicts.append([(v.predicted, v.radius, v.verdict)
+                             for _, v in process_all(proc, recs).verdicts])
+        bad = Record("in", 0, 0, *encode_input("bad", x[0].reshape(5, 4, 3), dtype="uint8"))
+        [(_, invalid)] = process_all(proc, [bad]).verdicts
+    finally:
+        scorer.close()
+    assert verdicts[0] == verdicts[1] and all(r > 0 for _, r, _ in verdicts[0])
+    assert invalid.verdict == "invalid" and "shape [5, 4, 3]" in invalid.reason
