@@ -256,3 +256,14 @@ def test_clip_is_a_chain_of_relus_and_sound(lo, hi, domain):
     lo_b, hi_b = output_bounds(Plan.of(net, get_domain(domain)), box)
     out = net.forward(np.random.default_rng(6).uniform(box.lower, box.upper, (300, net.input_size)))
     assert np.all(out >= lo_b - 1e-12) and np.all(out <= hi_b + 1e-12)
+
+
+def test_unsqueeze_identity_and_dropout_keep_the_values():
+    inits = {"axes": np.array([2, 3]), "w": _w(3, 6), "b": _w(3)}
+    nodes = [helper.make_node("Identity", ["input"], ["i"]),
+             helper.make_node("Unsqueeze", ["i", "axes"], ["u"]),
+             helper.make_node("Dropout", ["u"], ["d"]),
+             helper.make_node("Flatten", ["d"], ["f"]),
+             helper.make_node("Gemm", ["f", "w", "b"], ["logits"], transB=1)]
+    net = _check(_model(nodes, inits, (6,), 3), (6,))
+    assert [type(v) for v in net.layers] == [Dense]
