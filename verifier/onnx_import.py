@@ -7,7 +7,8 @@ the next Conv's padding or becomes a 1x1 identity Conv, a Transpose is a permuta
 into the next Dense layer's columns, per-channel normalisation is a Scale folded into the next
 affine layer, and a final Softmax/LogSoftmax is dropped (it keeps the order of the logits, so
 the argmax margins are taken before it; ``Network.meta["dropped_output_op"]`` records it),
-and Clip (ReLU6) is a chain of Scale and Relu layers.
+and Clip (ReLU6) is a chain of Scale and Relu layers. Shape (of the current tensor, whose
+shape is known) and every op whose inputs are all constants are evaluated at import.
 Tensors between layers are flattened in C order of the tracked shape (channel, row, column).
 """
 
@@ -40,9 +41,8 @@ _NEEDS_GRAPH = ("Add", "Sub", "Mul", "Div", "Concat", "Sum", "Max", "Min")
 def from_onnx_model(model: onnx.ModelProto) -> Network:
     """Convert an in-memory ONNX model (a single-input chain) into a Network."""
     graph = model.graph
-    consts: dict[str, np.ndarray] = {
-        t.name: numpy_helper.to_array(t).astype(np.float64) for t in graph.initializer
-    }
+    raw: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    consts: dict[str, np.ndarray] = {k: v.astype(np.float64) for k, v in raw.items()}
     inputs = [i for i in graph.input if i.name not in consts]
     if len(inputs) != 1:
         raise UnsupportedModelError(f"expected one data input, found {len(inputs)}")
@@ -54,15 +54,19 @@ def from_onnx_model(model: onnx.ModelProto) -> Network:
     builder = _Builder(tuple(int(d) for d in dims))
     current = inputs[0].name
     for node in graph.node:
-        if node.op_type == "Constant":
-            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t).astype(np.float64)
-            continue
         data_inputs = [i for i in node.input if i and i not in consts]
-        if not data_inputs:
-            raise UnsupportedModelError(
-                f"op {node.op_type} (node {node.name!r}) computes on no data input; "
-                "shape arithmetic is not supported"
-            )
+        if node.op_type == "Shape" and data_inputs == [current]:
+            values = [_shape_of(node, builder.shape)]
+        elif not data_inputs and not node.op_type.startswith("Random"):
+            # constants and shape arithmetic on them: evaluated here
+            values = _evaluate(node, raw)
+        else:
+            values = None
+        if values is not None:
+            for name, value in zip(node.output, values, strict=False):
+                raw[name] = np.asarray(value)
+                consts[name] = raw[name].astype(np.float64)
+            continue
         if len(data_inputs) > 1 and node.op_type in _NEEDS_GRAPH:
             raise UnsupportedModelError(
                 f"op {node.op_type} (node {node.name!r}) combines {len(data_inputs)} tensors; "
@@ -82,6 +86,26 @@ def from_onnx_model(model: onnx.ModelProto) -> Network:
     meta = {"dropped_output_op": builder.dropped} if builder.dropped else {}
     return Network(layers=tuple(layers), input_shape=builder.input_shape,
                    n_outputs=builder.size, meta=meta)
+
+
+def _shape_of(node: onnx.NodeProto, shape: tuple[int, ...]) -> np.ndarray:
+    """The static shape of the current tensor, with a batch of one (Shape's start/end)."""
+    full = np.array([1, *shape], dtype=np.int64)
+    return full[attr(node, "start", 0) : attr(node, "end", len(full))]
+
+
+def _evaluate(node: onnx.NodeProto, raw: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run a node whose inputs are all constants (exact: its values are the model's)."""
+    from onnx.reference import ReferenceEvaluator
+
+    try:
+        feeds = {i: raw[i] for i in node.input if i}
+        return list(ReferenceEvaluator(node).run(None, feeds))
+    except Exception as exc:  # the reference runtime raises many kinds
+        raise UnsupportedModelError(
+            f"op {node.op_type} (node {node.name!r}) on constants could not be evaluated: "
+            f"{str(exc)[:120]}"
+        ) from None
 
 
 class _Builder(SpatialOps):

@@ -267,3 +267,26 @@ def test_unsqueeze_identity_and_dropout_keep_the_values():
              helper.make_node("Gemm", ["f", "w", "b"], ["logits"], transB=1)]
     net = _check(_model(nodes, inits, (6,), 3), (6,))
     assert [type(v) for v in net.layers] == [Dense]
+
+
+def test_shape_arithmetic_flatten_of_older_torch_exports():
+    """x.view(x.size(0), -1) as Shape, Gather, Unsqueeze, Concat, Reshape: folded to a shape."""
+    inits, conv = _conv("c", "input", "y", 2, 3)
+    inits.update(idx=np.array(0), ax=np.array([0]), w=_w(3, 2 * 3 * 3), b=_w(3))
+    nodes = [conv,
+             helper.make_node("Shape", ["y"], ["sh"]),
+             helper.make_node("Gather", ["sh", "idx"], ["n"], axis=0),
+             helper.make_node("Unsqueeze", ["n", "ax"], ["n1"]),
+             helper.make_node("Constant", [], ["m1"], value_ints=[-1]),
+             helper.make_node("Concat", ["n1", "m1"], ["target"], axis=0),
+             helper.make_node("Reshape", ["y", "target"], ["f"]),
+             helper.make_node("Gemm", ["f", "w", "b"], ["logits"], transB=1)]
+    net = _check(_model(nodes, inits, (3, 5, 5), 3), (3, 5, 5))
+    assert [type(v) for v in net.layers] == [Conv, Dense]
+
+
+def test_random_ops_are_not_constants():
+    nodes = [helper.make_node("RandomNormal", [], ["r"], shape=[1, 4]),
+             helper.make_node("Add", ["input", "r"], ["logits"])]
+    with pytest.raises(UnsupportedModelError, match="RandomNormal"):
+        from_onnx_model(_model(nodes, {}, (4,), 4))
