@@ -25,7 +25,7 @@ MAX_DISJUNCTS = 100_000
 _VAR = re.compile(r"^([XY])_(\d+)$")
 _COMPARE = {"<=": (1, False), "<": (1, True), ">=": (-1, False), ">": (-1, True)}
 
-Linear = tuple[dict[str, Fraction], Fraction]  # coefficients by variable, constant
+Linear = tuple[dict[str, Fraction | int], Fraction]  # coefficients by variable, constant
 
 
 class VnnlibError(ValueError):
@@ -135,7 +135,7 @@ def _combine(terms: list[Linear], weights: list) -> Linear:
 
 # ----------------------------------------------------------------------------- formulas
 
-Atom = tuple[dict[str, Fraction], Fraction, bool]  # sum a_v v + k <= 0 (< 0 if strict)
+Atom = tuple[dict[str, Fraction | int], Fraction, bool]  # sum a_v v + k <= 0 (< 0 if strict)
 
 
 def _dnf(e, declared: set[str]) -> list[list[Atom]]:
@@ -160,7 +160,12 @@ def _dnf(e, declared: set[str]) -> list[list[Atom]]:
         return _dnf(["and", ["<=", e[1], e[2]], [">=", e[1], e[2]]], declared)
     if op in _COMPARE and len(e) == 3:
         sign, strict = _COMPARE[op]
-        coef, const = _combine([_linear(e[1], declared), _linear(e[2], declared)], [sign, -sign])
+        a, b = e[1], e[2]
+        if isinstance(a, str) and isinstance(b, str) and a in declared:  # the usual bound
+            num = _number(b)
+            if num is not None:  # sign (a - num) <= 0
+                return [[({a: sign}, -sign * num, strict)]]
+        coef, const = _combine([_linear(a, declared), _linear(b, declared)], [sign, -sign])
         return [[(coef, const, strict)]]
     raise VnnlibError(f"unsupported formula {_show(e)} (and, or, <=, >=, <, >, = are read)")
 
@@ -250,8 +255,8 @@ def _disjunct(atoms: list[Atom], declared, n_in: int, n_out: int, memo: dict) ->
             rows.append(i)
             ds.append(value)
             stricts.append(strict)
-    missing = [i for i in range(n_in) if not (np.isfinite(lower[i]) and np.isfinite(upper[i]))]
-    if missing:
+    missing = np.flatnonzero(~(np.isfinite(lower) & np.isfinite(upper)))
+    if missing.size:
         raise VnnlibError(f"X_{missing[0]} has no lower or upper bound in a disjunct "
                           f"({len(missing)} inputs unbounded)")
     C = np.array(rows).reshape(len(rows), n_out)
