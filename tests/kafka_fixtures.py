@@ -1,4 +1,4 @@
-"""Pytest fixtures backed by a real local Kafka broker (worker.broker); never skipped.
+"""Pytest fixtures backed by a real local Kafka broker (worker.local.broker); never skipped.
 
 Set ``KAFKA_BOOTSTRAP`` to reuse an existing broker; otherwise one is started per session. The
 jar cache lives at ``<repo>/.cache/kafka/libs`` so Maven downloads the broker only once.

@@ -15,7 +15,7 @@ import numpy as np
 from verifier.score import RadiusResult, radius_result
 from verifier.settings import VerifierSettings
 from verifier.walk import Plan
-from worker.codec import DEFAULT_STREAM, InputRecord, Invalid, Limits, Verdict, decode_input
+from worker.formats.codec import DEFAULT_STREAM, InputRecord, Invalid, Limits, Verdict, decode_input
 from worker.profile import Profile
 from worker.validate import DistributionValidator, ThresholdValidator, WindowState
 

@@ -6,7 +6,7 @@ from onnx import helper
 
 from tests.verifier.onnx_builders import _model
 from worker.cli import main
-from worker.codec import InputRecord, Invalid, decode_input, encode_input
+from worker.formats.codec import InputRecord, Invalid, decode_input, encode_input
 from worker.inputs import InputFileError, _load_png_dir, load_inputs
 from worker.layout import AS_IS, CHANNELS_LAST, layout_of
 

@@ -12,7 +12,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from worker.config import ConfigError, ServiceConfig
+from worker.kafka.config import ConfigError, ServiceConfig
 from worker.metrics import Metrics, MetricsServer
 
 __all__ = ["BrokerUnreachable", "await_broker", "bootstrap_addresses", "wait_for_broker"]

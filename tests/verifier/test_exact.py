@@ -24,7 +24,7 @@ from verifier.network import (
     load_onnx,
 )
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 FNN_PATH = MODELS_DIR / "fnn-3x30-relu.onnx"
 SLICE_PATH = MODELS_DIR / "mnist_test_1000.npz"
 UP, TOL = 0.256, 0.001

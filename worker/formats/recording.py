@@ -18,7 +18,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
-from worker.codec import encode_input
+from worker.formats.codec import encode_input
 
 FORMAT = "radiusguard-replay"
 VERSION = 1

@@ -115,7 +115,7 @@ def _row(name: str, n: int, row: dict[str, int]) -> str:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo end to end; every process it started is stopped on the way out."""
-    from worker.replay import read_recording
+    from worker.formats.recording import read_recording
 
     _check_options(args)
     _check_artefacts(args.model, args.profile, args.stream)
@@ -215,7 +215,7 @@ class _Worker:
 
 def _start_worker(args: argparse.Namespace, bootstrap: str, topic: str, out: str, group: str,
                   index: int, stack: contextlib.ExitStack) -> _Worker:
-    from worker.broker import free_port
+    from worker.local.broker import free_port
 
     port = free_port()
     log = args.data_dir / f"worker-{index}.log"
@@ -285,8 +285,8 @@ def _replay_and_collect(args: argparse.Namespace, bootstrap: str, topic: str, ou
     import msgpack
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-    from worker.codec import decode_verdict
-    from worker.replay import produce
+    from worker.formats.codec import decode_verdict
+    from worker.formats.recording import produce
 
     tally = Tally()
     sent: dict[tuple[str, str | None], list[float]] = defaultdict(list)

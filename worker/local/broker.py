@@ -1,7 +1,8 @@
 """Local single-node Apache Kafka broker (KRaft combined mode) for tests and the demo.
 
-Jars come from Maven Central via ``worker/kafka/pom.xml`` into a jar cache; the broker runs as a
-detached ``java kafka.Kafka`` process whose state (config, logs, pid file) lives in ``data_dir``.
+Jars come from Maven Central via ``worker/local/kafka/pom.xml`` into a jar cache; the broker
+runs as a detached ``java kafka.Kafka`` process whose state (config, logs, pid file) lives in
+``data_dir``.
 """
 
 from __future__ import annotations
@@ -262,7 +263,7 @@ def _server_properties(cfg: BrokerConfig, controller_port: int, data_dir: Path) 
         "log.retention.hours": "24",
     }
     props.update(cfg.extra_properties)
-    lines = ["# Written by worker/broker.py on every start; edits are overwritten."]
+    lines = ["# Written by worker/local/broker.py on every start; edits are overwritten."]
     lines += [f"{k}={v}" for k, v in props.items()]
     return "\n".join(lines) + "\n"
 

@@ -14,14 +14,14 @@ from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
 from tests.kafka_fixtures import LocalBroker
-from tests.worker.secured_serve import PER_STREAM, serve_inputs, serve_refused
-from tests.worker.test_service_kafka import (  # noqa: F401  (streams is a fixture)
+from tests.worker.kafka.secured_serve import PER_STREAM, serve_inputs, serve_refused
+from tests.worker.kafka.test_service import (  # noqa: F401  (streams is a fixture)
     Stream,
     _assert_exactly_once,
     streams,
 )
 from worker import broker
-from worker.config import client_settings, kafka_settings
+from worker.kafka.config import client_settings, kafka_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
@@ -34,7 +34,7 @@ JAAS = ('org.apache.kafka.common.security.plain.PlainLoginModule required '
 def sasl_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private broker with an extra SASL_PLAINTEXT/PLAIN client listener; its bootstrap.
 
-    The PLAINTEXT listener stays on ``port`` because worker.broker's readiness probe connects
+    The PLAINTEXT listener stays on ``port`` because worker.local.broker's readiness probe connects
     without credentials; the controller listener stays PLAINTEXT too.
     """
     port, sasl_port, controller = broker.free_port(), broker.free_port(), broker.free_port()

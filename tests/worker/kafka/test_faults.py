@@ -24,7 +24,7 @@ from kafka import KafkaAdminClient
 from kafka.partitioner.default import murmur2
 
 from tests.kafka_fixtures import LocalBroker
-from tests.worker.test_service_kafka import (
+from tests.worker.kafka.test_service import (
     FNN,
     MNIST,
     Key,
@@ -37,12 +37,12 @@ from tests.worker.test_service_kafka import (
 )
 from verifier.network import load_onnx
 from verifier.score import score_many
-from worker.codec import encode_input
+from worker.formats.codec import encode_input
 from worker.profile import load_profile
 
 pytestmark = [pytest.mark.kafka, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PROFILE = ROOT / "models" / "fnn-3x30-relu.profile.json"
 PARTITIONS = 4
 STREAMS = 20

@@ -19,13 +19,13 @@ import pytest
 
 from verifier.network import load_onnx
 from verifier.score import plan_for
-from worker.codec import encode_input
+from worker.formats.codec import encode_input
 from worker.processor import Processor, Record, Scorer, process_all
 from worker.profile import load_profile
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 FNN = ROOT / "models" / "fnn-3x30-relu.onnx"
 PROFILE = ROOT / "models" / "fnn-3x30-relu.profile.json"
 MNIST = ROOT / "models" / "mnist_test_1000.npz"

@@ -1,4 +1,4 @@
-"""Real-broker tests for worker.broker and for the kafka-python features the worker relies on."""
+"""Real-broker tests for worker.local.broker and for the kafka-python features the worker relies on."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from worker.codec import (
+from worker.formats.codec import (
     DEFAULT_STREAM,
     InputRecord,
     Invalid,

@@ -36,8 +36,8 @@ from kafka.structs import OffsetAndMetadata
 
 from verifier.network import load_onnx
 from verifier.score import plan_for
-from worker.codec import Limits, encode_verdict
-from worker.config import ConfigError, ServiceConfig, client_settings
+from worker.formats.codec import Limits, encode_verdict
+from worker.kafka.config import ConfigError, ServiceConfig, client_settings
 from worker.metrics import Metrics, MetricsServer
 from worker.processor import BatchResult, Processor, Record, Scorer
 from worker.profile import check_model, load_profile

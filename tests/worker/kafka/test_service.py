@@ -28,14 +28,14 @@ from kafka.partitioner.default import murmur2
 from verifier.network import load_onnx
 from verifier.score import score_many
 from worker.cli import main
-from worker.codec import decode_verdict, encode_input, encode_verdict
-from worker.config import ConfigError, ServiceConfig
+from worker.formats.codec import decode_verdict, encode_input, encode_verdict
+from worker.kafka.config import ConfigError, ServiceConfig
+from worker.kafka.service import Service, WindowRestorer
 from worker.profile import Profile, calibrate, save_profile
-from worker.service import Service, WindowRestorer
 
 pytestmark = [pytest.mark.kafka, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 FNN = ROOT / "models" / "fnn-3x30-relu.onnx"
 MNIST = ROOT / "models" / "mnist_test_1000.npz"
 PARTITIONS = 4
@@ -444,7 +444,7 @@ def test_aborted_transaction_is_redone_exactly_once(
     n = _produce(kafka_bootstrap, topic, _records(streams))
     cfg = _config(kafka_bootstrap, profile[0], topic, out, max_batch=8)
     worker = ServiceThread(cfg)
-    service = worker.service
+    service = worker.kafka.service
     original = service._commit
     calls: list[int] = []
 

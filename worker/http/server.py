@@ -25,9 +25,7 @@ import numpy as np
 import structlog
 
 from worker.argtypes import port_number, positive_int
-from worker.config import ConfigError
-from worker.metrics import LATENCY_BUCKETS, Metrics
-from worker.oip import (
+from worker.http.oip import (
     POLICIES,
     InferRequest,
     Outcome,
@@ -36,6 +34,8 @@ from worker.oip import (
     model_metadata,
     parse_infer,
 )
+from worker.kafka.config import ConfigError
+from worker.metrics import LATENCY_BUCKETS, Metrics
 from worker.validate import WindowState
 
 __all__ = ["HttpServeError", "InferenceModel", "add_arguments", "build_app", "run"]

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
-from tests.worker.test_service_kafka import FNN, ROOT, Stream, _records
-from worker.codec import decode_verdict
-from worker.config import client_settings
+from tests.worker.kafka.test_service import FNN, ROOT, Stream, _records
+from worker.formats.codec import decode_verdict
+from worker.kafka.config import client_settings
 
 PROFILE = ROOT / "models" / "fnn-3x30-relu.profile.json"
 PER_STREAM = 5  # 4 streams x 5 = 20 inputs

@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 onnx2torch = pytest.importorskip("onnx2torch")
 onnx = pytest.importorskip("onnx")
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 SLICE_PATH = MODELS_DIR / "mnist_test_1000.npz"
 # model name -> number of correctly classified test images attacked
 CASES = {

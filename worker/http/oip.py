@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.codec import DEFAULT_STREAM
+from worker.formats.codec import DEFAULT_STREAM
 
 __all__ = [
     "DATATYPES",
