@@ -580,7 +580,7 @@ def main(argv: list[str] | None = None) -> None:
     import atheris
 
     with atheris.instrument_imports(include=["worker"]):
-        from worker import codec
+        from worker.formats import codec
     limits = codec.Limits()
 
     def one_input(data: bytes) -> None:

@@ -15,7 +15,7 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
-from worker import broker
+from worker.local import broker
 
 __all__ = ["LocalBroker", "broker_factory", "kafka_bootstrap", "topic_factory"]
 

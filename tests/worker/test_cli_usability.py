@@ -19,7 +19,6 @@ import onnx
 import pytest
 
 from verifier.network import load_onnx
-from worker import broker
 from worker.cli import build_parser, main
 from worker.formats.recording import (
     Recorded,
@@ -30,6 +29,7 @@ from worker.formats.recording import (
 )
 from worker.kafka.bootstrap import BrokerUnreachable, bootstrap_addresses, wait_for_broker
 from worker.kafka.config import ConfigError
+from worker.local import broker
 from worker.paths import cache_dir
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -177,7 +177,7 @@ def _say(text: str) -> None:
 
 
 def _start_broker(args: argparse.Namespace, stack: contextlib.ExitStack) -> str:
-    from worker import broker
+    from worker.local import broker
 
     cfg = broker.BrokerConfig(port=broker.free_port(), data_dir=args.data_dir / "broker",
                               jar_cache=args.jar_cache)
@@ -189,7 +189,7 @@ def _start_broker(args: argparse.Namespace, stack: contextlib.ExitStack) -> str:
 
 
 def _stop_broker(cfg) -> None:
-    from worker import broker
+    from worker.local import broker
 
     _say("stopping the broker")
     broker.stop(cfg)

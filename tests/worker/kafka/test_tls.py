@@ -24,8 +24,8 @@ from tests.worker.kafka.test_service import (  # noqa: F401  (streams is a fixtu
     _assert_exactly_once,
     streams,
 )
-from worker import broker
 from worker.kafka.config import client_settings, kafka_settings
+from worker.local import broker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 

@@ -13,7 +13,7 @@ from kafka.errors import KafkaError, ProducerFencedError
 from kafka.structs import OffsetAndMetadata
 
 from tests.kafka_fixtures import LocalBroker
-from worker import broker
+from worker.local import broker
 
 pytestmark = pytest.mark.kafka
 
