@@ -54,10 +54,10 @@ class AdaptiveConfig:
     steps: int = 100
     restarts: int = 2
     cw_confidence: tuple[float, ...] = (0.0, 10.0, 40.0)
-    cw_n: int = 30                      # C&W sources (ART's C&W is the slow one)
+    cw_n: int = 20                      # C&W sources (ART's C&W is the slow one)
     # ART's C&W defaults give up on high confidence; a larger start constant and more steps
     cw: dict[str, float] = field(default_factory=lambda: {
-        "initial_const": 1.0, "learning_rate": 0.05, "max_iter": 30, "binary_search_steps": 4})
+        "initial_const": 10.0, "learning_rate": 0.1, "max_iter": 30, "binary_search_steps": 3})
     # the radius-aware attack: confident (kappa) misclassification within eps whose IBP bound
     # of the certified margin at cert_eps is pushed up with weight cert_weight
     radius_aware: dict[str, float] = field(default_factory=lambda: {
