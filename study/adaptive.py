@@ -89,6 +89,7 @@ class AttackSet:
     predicted: np.ndarray
     label: np.ndarray
     seconds: float = 0.0
+    x: np.ndarray | None = None         # the inputs (flat floats), when kept
 
 
 def _hash(*parts: Any) -> str:
@@ -169,7 +170,8 @@ def run_attacks(net: Network, onnx: Path, profile: Profile, x: np.ndarray, y: np
             adv, label, tried, secs, full = res.x, res.label, res.tried, res.seconds, res.params
         radius, margin, predicted = verified(net, profile, adv, cache, cfg.jobs)
         sets.append(AttackSet(net.name, name, family, eps, kappa, tried, radius, margin,
-                              predicted, np.asarray(label), secs))
+                              predicted, np.asarray(label), secs,
+                              np.asarray(adv, np.float64).reshape(len(adv), net.input_size)))
         meta[name] = {"family": family, "params": dict(full), "tried": tried,
                       "succeeded": int(len(radius)), "seconds": round(float(secs), 2)}
         log.info("%s %s: %d/%d, mean radius %.4f", net.name, name, len(radius), tried,
