@@ -39,7 +39,8 @@ def rejection_figure(path: Path, network: str, rows: list[dict[str, Any]],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(policies), figsize=(4.2 * len(policies), 3.6), sharey=True)
+    size = (4.2 * len(policies) + 2.6, 3.6)
+    fig, axes = plt.subplots(1, len(policies), figsize=size, sharey=True)
     valid = next(r for r in rows if r["family"] == "valid")
     pgd = [r for r in rows if r["family"] == "pgd"]
     for ax, policy in zip(np.atleast_1d(axes), policies, strict=True):
@@ -61,7 +62,7 @@ def rejection_figure(path: Path, network: str, rows: list[dict[str, Any]],
         ax.set_xlabel("attacker budget eps (L∞)")
         ax.set_ylim(-0.02, 1.02)
     np.atleast_1d(axes)[0].set_ylabel("share rejected")
-    np.atleast_1d(axes)[-1].legend(fontsize=7, loc="lower left")
+    np.atleast_1d(axes)[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(f"{network}: rejection at the calibrated profile (3 % false alarms)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -127,7 +128,8 @@ def write_report(out: Path, config: dict[str, Any], results: dict[str, dict[str,
         lines += [f"## {name}", "",
                   f"Threshold {profile.threshold:.4g}; Algorithm 2 sigma0 {profile.sigma0:.4g}, "
                   f"sigma1 {profile.sigma1:.4g}; consistency cutoff "
-                  f"{profile.consistency.cutoff:.4g}. ({res['seconds']:.0f} s)", "",
+                  f"{profile.consistency.cutoff:.4g}. This run: {res['seconds']:.0f} s "
+                  "(cached steps are read, not recomputed).", "",
                   f"![rejection](rejection_{name}.png)", "", f"![radii](radii_{name}.png)", "",
                   "| set | n / tried | mean radius | mean logit margin | "
                   + " | ".join(POLICY_LABELS.get(p, p) for p in policies) + " |",
