@@ -34,9 +34,11 @@ class Signals:
 
 @dataclass(frozen=True)
 class PolicyValidator:
-    """A policy bound to a profile: `step` decides one input and returns the next state."""
+    """A policy bound to a profile: `step` decides one input and returns the next state;
+    rule is the underlying validator object (e.g. a ThresholdValidator)."""
 
     name: str
+    rule: Any
     initial: Any
     decide: Callable[[Any, Signals, int | None], tuple[Decision, Any]]
     needs_margin: bool = False
@@ -54,13 +56,13 @@ class PolicyValidator:
 
 def _threshold(profile: Profile) -> PolicyValidator:
     v = ThresholdValidator(profile.threshold)
-    return PolicyValidator("threshold", None, lambda s, sig, off: v.step(s, sig.radius, off))
+    return PolicyValidator("threshold", v, None, lambda s, sig, off: v.step(s, sig.radius, off))
 
 
 def _distribution(profile: Profile) -> PolicyValidator:
     v = DistributionValidator(profile.sigma0, profile.sigma1, profile.window_size)
     return PolicyValidator(
-        "distribution", v.initial_state(profile.seed_window),
+        "distribution", v, v.initial_state(profile.seed_window),
         lambda s, sig, off: v.step(s, sig.radius, off),
     )
 
@@ -73,7 +75,7 @@ def _consistency(profile: Profile) -> PolicyValidator:
         )
     v = profile.consistency
     return PolicyValidator(
-        "consistency", None, lambda s, sig, off: (v.check(sig.radius, sig.margin), s), True
+        "consistency", v, None, lambda s, sig, off: (v.check(sig.radius, sig.margin), s), True
     )
 
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from verifier.network import Network
 from verifier.radius import SEARCHES, certified_radii
 from worker.policy import POLICIES as _REGISTRY
-from worker.policy import logit_margins
+from worker.policy import logit_margins, make_validator
 from worker.validate import (
     MIN_WINDOW,
     ConsistencyValidator,
@@ -135,8 +135,6 @@ class Profile:
         object.__setattr__(self, "seed_window", tuple(float(r) for r in self.seed_window))
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
-        if self.policy == "consistency" and self.consistency is None:
-            raise ValueError("policy 'consistency' needs the profile's consistency parameters")
         for name in ("threshold", "sigma0", "sigma1"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
@@ -148,19 +146,14 @@ class Profile:
             )
         if not all(math.isfinite(r) and r >= 0 for r in self.seed_window):
             raise ValueError("seed_window radii must be finite and >= 0")
+        make_validator(self)  # the default policy must be buildable from these parameters
 
     def validator(
         self, policy: str | None = None
     ) -> ThresholdValidator | DistributionValidator | ConsistencyValidator:
-        """The validator for `policy` (default: the profile's) with this profile's parameters."""
-        policy = policy or self.policy
-        if policy == "threshold":
-            return ThresholdValidator(self.threshold)
-        if policy == "distribution":
-            return DistributionValidator(self.sigma0, self.sigma1, self.window_size)
-        if policy == "consistency" and self.consistency is not None:
-            return self.consistency
-        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        """The rule object of `policy` (default: the profile's) with this profile's parameters,
+        from the registry (worker.policy.make_validator)."""
+        return make_validator(self, policy).rule
 
     def initial_state(self) -> WindowState:
         """Algorithm 2's state before any input: the seed window."""
