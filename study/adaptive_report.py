@@ -116,7 +116,10 @@ def write_report(out: Path, config: dict[str, Any], results: dict[str, dict[str,
              f"{config['calibration'][0]}..{config['calibration'][1] - 1}); false alarms and "
              f"attacks are measured on images {config['held_out'][0]}.."
              f"{config['held_out'][1] - 1}. A set's share rejected counts its successful "
-             "adversarial examples; Algorithm 2 sees each set as one run from the seed window.",
+             "adversarial examples; Algorithm 2 sees each set as one run from the seed window."
+             + ("" if not config.get("extra_valid") else
+                f" More held-out valid inputs, for the false alarms: MNIST test images "
+                f"{config['extra_valid'][0]}..{config['extra_valid'][1] - 1}."),
              ""]
     for name, res in results.items():
         profile = res["profile"]
