@@ -3,11 +3,13 @@
     python -m study.adaptive_signals --out reports/adaptive [--network cnn-6-16-128-relu]
 
 Run after `python -m study.adaptive --out DIR` (it reuses DIR/cache). Signals per input: the
-radius r, the logit margin m, and the certified-margin slopes (m - M(eps)) / eps, where M(eps)
-is DeepZono's certified margin (verifier.zonotope.robustness_margin) at eps = 0.002, 0.005,
-0.01. Every rule is calibrated on the calibration slice's valid inputs alone at 3 % false
-alarms; DIR/signals.csv gives each rule's held-out false alarms and each attack set's
-rejection, so that the rules not shipped are reported, not just dropped.
+radius r, the logit margin m, the certified-margin slopes (m - M(eps)) / eps, where M(eps)
+is DeepZono's smallest certified margin at eps = 0.002, 0.005, 0.01, and from the per-class
+certified margins M_j(0.005) (verifier.zonotope.margins): the runner-up class's slope and
+the smallest linearised per-class radius m_j / slope_j. Every rule is calibrated on the
+calibration slice's valid inputs alone at 3 % false alarms; DIR/signals_NETWORK.csv gives
+each rule's held-out false alarms and each attack set's rejection, so that the rules not
+shipped are reported, not just dropped.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from study.adaptive import (
     verified,
 )
 from verifier.network import Network, load_onnx
-from verifier.zonotope import ZonoNet, robustness_margin
+from verifier.zonotope import ZonoNet, margins
+from worker.profile import false_alarm_threshold
 
 SLOPE_EPS = (0.002, 0.005, 0.01)
 Rule = Callable[[np.ndarray], np.ndarray]
@@ -38,23 +41,40 @@ Rule = Callable[[np.ndarray], np.ndarray]
 
 def features(net: Network, xs: np.ndarray, radius: np.ndarray, margin: np.ndarray,
              predicted: np.ndarray, cache: Path, jobs: int) -> np.ndarray:
-    """[N, 5]: log margin, log radius, log slope at each SLOPE_EPS (floored at 1e-3); cached."""
+    """[N, 7]: log margin, log radius, log slope at each SLOPE_EPS, log runner-up slope at
+    0.005, log smallest linearised class radius (all floored at 1e-3); cached."""
     xs = np.asarray(xs, np.float64).reshape(len(xs), net.input_size)
-    path = cache / f"slopes-{_hash(net.sha256, xs, list(SLOPE_EPS))}.npy"
+    path = cache / f"margins-{_hash(net.sha256, xs, list(SLOPE_EPS))}.npy"
     if path.is_file():
         certified = np.load(path)
     else:
         znet = ZonoNet.of(net)
 
-        def one(i: int) -> list[float]:
-            return [robustness_margin(znet, xs[i], e, int(predicted[i])) for e in SLOPE_EPS]
+        def one(i: int) -> np.ndarray:
+            return np.array([margins(znet, xs[i], e, int(predicted[i])) for e in SLOPE_EPS])
 
         with ThreadPoolExecutor(jobs) as pool:
-            certified = np.array(list(pool.map(one, range(len(xs))))).reshape(len(xs), 3)
+            certified = np.array(list(pool.map(one, range(len(xs))))).reshape(
+                len(xs), len(SLOPE_EPS), net.n_outputs)
         np.save(path, certified)
-    slopes = [(margin - certified[:, i]) / e for i, e in enumerate(SLOPE_EPS)]
-    return np.column_stack([np.log(np.maximum(margin, 1e-3)), np.log(radius + 1e-3)]
-                           + [np.log(np.maximum(s, 1e-3)) for s in slopes])
+    n = len(xs)
+    logits = net.forward(xs).reshape(n, net.n_outputs)
+    per_class = logits[np.arange(n), predicted][:, None] - logits  # m_j, 0 at the prediction
+    others = np.isfinite(certified[:, 0, :])
+    slopes = [(margin - certified[:, i].min(1, initial=np.inf, where=others)) / e
+              for i, e in enumerate(SLOPE_EPS)]
+    class_slope = (per_class - np.where(others, certified[:, 1], 0.0)) / SLOPE_EPS[1]
+    runner_up = np.where(others, logits, -np.inf).argmax(1)
+    linear = np.where(others, per_class / np.maximum(class_slope, 1e-9), np.inf).min(1)
+    floor = lambda v: np.log(np.maximum(v, 1e-3))  # noqa: E731
+    return np.column_stack([floor(margin), np.log(radius + 1e-3)] + [floor(s) for s in slopes]
+                           + [floor(class_slope[np.arange(n), runner_up]), floor(linear)])
+
+
+def threshold_rule(cal: np.ndarray, alpha: float) -> Rule:
+    """The threshold policy's own rule (false_alarm_threshold) on the log radius."""
+    cut = false_alarm_threshold(cal[:, 1], alpha)
+    return lambda f: f[:, 1] < cut
 
 
 def union_rule(cal: np.ndarray, cols: list[int], low_is_bad: list[bool], alpha: float) -> Rule:
@@ -85,15 +105,20 @@ def mahalanobis_rule(cal: np.ndarray, cols: list[int], alpha: float) -> Rule:
 
 
 def rules(cal: np.ndarray, alpha: float) -> dict[str, Rule]:
-    """The candidates: column 0 is log margin, 1 log radius, 2-4 the log slopes."""
+    """The candidates: column 0 is log margin, 1 log radius, 2-4 the log slopes, 5 the
+    runner-up's log slope, 6 the log smallest linearised class radius."""
     return {
-        "radius (threshold)": union_rule(cal, [1], [True], alpha),
+        "radius (threshold)": threshold_rule(cal, alpha),
         "radius + logit margin (consistency, shipped)": mahalanobis_rule(cal, [0, 1], alpha),
         "radius or slope@0.01": union_rule(cal, [1, 4], [True, False], alpha),
         "radius or slope@0.002 or slope@0.01": union_rule(cal, [1, 2, 4], [True, False, False],
                                                           alpha),
         "slope@0.005 alone": union_rule(cal, [3], [False], alpha),
         "Mahalanobis(margin, radius, 3 slopes)": mahalanobis_rule(cal, [0, 1, 2, 3, 4], alpha),
+        "Mahalanobis(margin, radius, runner-up slope@0.005)": mahalanobis_rule(cal, [0, 1, 5],
+                                                                              alpha),
+        "Mahalanobis(margin, radius, linearised class radius)": mahalanobis_rule(
+            cal, [0, 1, 6], alpha),
     }
 
 

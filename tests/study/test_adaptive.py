@@ -123,3 +123,27 @@ def test_radii_parameters_and_figures_are_recorded(quick: Path) -> None:
     report = (quick / "report.md").read_text()
     assert all(f"## {n}" in report and f"rejection_{n}.png" in report for n in NETWORKS)
     assert "nan %" not in report
+
+
+def test_candidate_signals_are_reported(quick: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "study.adaptive_signals", "--quick", "--out",
+                           str(quick), "--network", "fnn-3x30-relu"],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = _rows(quick / "signals_fnn-3x30-relu.csv")
+    rules = [r["rule"] for r in rows]
+    assert rules[:2] == ["radius (threshold)", "radius + logit margin (consistency, shipped)"]
+    assert len(rules) == 8
+    judged = {r["attack"]: r for r in _rows(quick / "rejection.csv")
+              if r["network"] == "fnn-3x30-relu"}
+    for r in rows:
+        assert set(r) - {"rule"} <= set(judged)
+        assert all(0.0 <= float(v) <= 1.0 for k, v in r.items() if k != "rule")
+    # the shipped policies' rows agree with the study's own verdicts
+    for rule, policy in (("radius (threshold)", "threshold"),
+                         ("radius + logit margin (consistency, shipped)", "consistency")):
+        row = next(r for r in rows if r["rule"] == rule)
+        for name, value in row.items():
+            if name != "rule":
+                assert float(value) == pytest.approx(float(judged[name][f"rejected_{policy}"]),
+                                                     abs=1e-3), (rule, name)
