@@ -13,6 +13,8 @@ from typing import NoReturn
 from verifier.settings import DOMAIN_NAMES, SEARCHES, VerifierSettings
 from worker.argtypes import port_number, positive_float, positive_int, unit_fraction
 from worker.paths import broker_data_dir, jar_cache_dir
+from worker.policy import POLICIES
+from worker.score import add_arguments as add_score_arguments
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # zonotope passes are single-threaded BLAS
 
@@ -409,12 +411,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", type=_attack_spec, action="append", default=[],
                    metavar="NAME=ADV.npy", help="adversarial inputs to score (repeatable)")
     p.add_argument("--window", type=_window_size, default=50, help="Algorithm 2 window size")
-    p.add_argument("--policy", choices=("threshold", "distribution"), default="threshold",
+    p.add_argument("--policy", choices=tuple(POLICIES), default="threshold",
                    help="the profile's default policy")
     p.add_argument("--name", help="profile name (default: the model file's stem)")
     p.add_argument("--out", required=True, help="profile JSON to write")
     _add_verifier_options(p)
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("score", help="a profile's verdicts for a file of inputs, offline (CSV)")
+    add_score_arguments(p)
 
     p = sub.add_parser("kafka", help="a local single-node Apache Kafka broker (KRaft)")
     p.add_argument("action", choices=("start", "stop", "status"),
