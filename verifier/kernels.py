@@ -313,15 +313,20 @@ def csr_to_dense_affine(c, indptr, idx, val, beta, rad, m, wt_t, aw, bias):
 
 
 @njit(cache=True, nogil=True)
-def _affine_centre(c, beta, rad, wt_t, aw, bias):
-    """Centre and error box of y = W x + b, with W given transposed and |W| as aw [out, in]."""
+def _affine_centre(c, beta, rad, wt_t, aw, bias, extra=0):
+    """Centre and error box of y = W x + b, with W given transposed and |W| as aw [out, in].
+
+    The error box covers the rounding of the centre and of generators computed as W G with
+    gamma(n_in + 1); `extra` more roundings per product (e.g. W pre-scaled by a diagonal)
+    raise it to gamma(n_in + 1 + extra).
+    """
     n_in, n_out = wt_t.shape
     out_c = bias.copy()
     for k in range(n_in):
         ck = c[k]
         for i in range(n_out):
             out_c[i] += wt_t[k, i] * ck
-    g = gamma(n_in + 1)
+    g = gamma(n_in + 1 + extra)
     out_beta = np.empty(n_out)
     for i in range(n_out):
         bsum = 0.0
@@ -329,7 +334,7 @@ def _affine_centre(c, beta, rad, wt_t, aw, bias):
         for k in range(n_in):
             bsum += aw[i, k] * beta[k]
             err += aw[i, k] * (abs(c[k]) + rad[k])
-        out_beta[i] = (bsum + g * err) * (1.0 + 2.0 * g) + (n_in + 1) * TINY
+        out_beta[i] = (bsum + g * err) * (1.0 + 2.0 * g) + (n_in + 1) * (1 + extra) * TINY
     return out_c, out_beta
 
 

@@ -15,13 +15,8 @@ from numba import njit
 from verifier.kernels import (
     TINY,
     U,
+    _affine_centre,
     abs_row_sums,
-    box_to_csr,
-    csr_bounds,
-    csr_to_dense_affine,
-    dense_activation,
-    dense_affine,
-    dense_bounds,
     gamma,
     relaxation,
     widen_up,
@@ -52,26 +47,157 @@ def dense_linear_lower(c, G, beta, rad, C, d):
 
 
 @njit(cache=True, nogil=True)
+def _split_bounds(c, A, E, beta):
+    """Sound bounds of c + [A | E] e + delta (as kernels.dense_bounds, with two column blocks)."""
+    n = c.shape[0]
+    m = A.shape[1] + E.shape[1]
+    sa = abs_row_sums(A)
+    se = abs_row_sums(E)
+    lo = np.empty(n)
+    hi = np.empty(n)
+    rad = np.empty(n)
+    for i in range(n):
+        r = widen_up(sa[i] + se[i], m) + beta[i]
+        r = r * (1.0 + 2.0 * U)
+        rad[i] = r
+        lo[i] = (c[i] - r) - (abs(c[i]) + r) * 2.0 * U - TINY
+        hi[i] = (c[i] + r) + (abs(c[i]) + r) * 2.0 * U + TINY
+    return lo, hi, rad
+
+
+@njit(cache=True, nogil=True)
+def _first_layer(lo, hi, weight, wt, aw, bias):
+    """Dense layer 0 on the input box: A = W[:, S] diag(r[S]) row-major, one product per entry."""
+    n_in = lo.shape[0]
+    n_out = weight.shape[0]
+    c = np.empty(n_in)
+    r = np.empty(n_in)
+    rad = np.empty(n_in)
+    cols = np.empty(n_in, dtype=np.int64)
+    ns = 0
+    for j in range(n_in):
+        c[j] = 0.5 * (lo[j] + hi[j])
+        rj = max(hi[j] - c[j], c[j] - lo[j])
+        r[j] = 0.0
+        if rj > 0.0:
+            r[j] = np.nextafter(rj, np.inf)
+            cols[ns] = j
+            ns += 1
+        rad[j] = widen_up(r[j], 1) * (1.0 + 2.0 * U)
+    A = np.empty((n_out, ns))
+    for i in range(n_out):
+        for p in range(ns):
+            A[i, p] = weight[i, cols[p]] * r[cols[p]]
+    out_c, out_beta = _affine_centre(c, np.zeros(n_in), rad, wt, aw, bias)
+    return out_c, A, out_beta
+
+
+@njit(cache=True, nogil=True)
+def _fused_dense(c, A, E, beta, rad, lam, mu, nu, weight, wt, aw, bias):
+    """Relaxation (lam, mu, nu) of the previous layer folded into the next dense layer W.
+
+    The activation's zonotope [lam A | lam E | diag(nu)] is never materialised: the new
+    generators are fl(W diag(lam)) [A | E] over the live neurons (lam != 0), and W[:, k] nu_k
+    for the crossing ones. Each entry then carries one more rounding (of W lam) than W G
+    would: |fl(W lam) - W lam| <= U |W| lam, so the total generator error of a row is at most
+    (U + gamma(n)(1 + U)) |W| (lam sum|G| + nu) <= gamma(n + 1) |W| rad', with rad' = lam rad
+    + nu + beta' bounding the activation's row sums; _affine_centre is asked for gamma(n + 2)
+    (one extra rounding), so the error box covers it as well as the centre's rounding. The
+    activation's centre and error box are those of kernels.dense_activation.
+    """
+    n, ma = A.shape
+    me = E.shape[1]
+    n_out = weight.shape[0]
+    c1 = np.empty(n)
+    beta1 = np.empty(n)
+    rad1 = np.empty(n)
+    live = np.empty(n, dtype=np.int64)
+    cross = np.empty(n, dtype=np.int64)
+    nl = 0
+    nc = 0
+    g2 = 2.0 * gamma(2)
+    for k in range(n):
+        s = lam[k]
+        c1[k] = s * c[k] + mu[k]
+        err = s * (abs(c[k]) + rad[k]) + abs(mu[k])
+        beta1[k] = (s * beta[k] + g2 * err) * (1.0 + 2.0 * U) + TINY
+        top = s * rad[k] + beta1[k]
+        if nu[k] >= 0.0:
+            top += nu[k]
+            cross[nc] = k
+            nc += 1
+        rad1[k] = top * (1.0 + 4.0 * U) + TINY
+        if s != 0.0:
+            live[nl] = k
+            nl += 1
+    wl = np.empty((n_out, nl))
+    for i in range(n_out):
+        for t in range(nl):
+            wl[i, t] = weight[i, live[t]] * lam[live[t]]
+    if nl == n:
+        A1 = np.dot(wl, A)
+    else:
+        sub = np.empty((nl, ma))
+        for t in range(nl):
+            sub[t] = A[live[t]]
+        A1 = np.dot(wl, sub)
+    E1 = np.zeros((n_out, me + nc))
+    for i in range(n_out):
+        for t in range(nl):
+            w = wl[i, t]
+            row = E[live[t]]
+            for j in range(me):
+                E1[i, j] += w * row[j]
+        for t in range(nc):
+            E1[i, me + t] = weight[i, cross[t]] * nu[cross[t]]
+    out_c, out_beta = _affine_centre(c1, beta1, rad1, wt, aw, bias, 1)
+    return out_c, A1, E1, out_beta
+
+
+@njit(cache=True, nogil=True)
+def _split_linear_lower(c, A, E, beta, rad, C, d):
+    """dense_linear_lower on c + [A | E] e + delta (two column blocks, same bound)."""
+    k_out, n = C.shape
+    m = A.shape[1] + E.shape[1]
+    sums = abs_row_sums(np.dot(C, A)) + abs_row_sums(np.dot(C, E))
+    g = gamma(n + 1)
+    res = np.empty(k_out)
+    for i in range(k_out):
+        centre = d[i]
+        absum = abs(d[i])
+        slack = 0.0
+        for k in range(n):
+            a = abs(C[i, k])
+            centre += C[i, k] * c[k]
+            absum += a * abs(c[k])
+            slack += a * (beta[k] + g * rad[k])
+        total = widen_up(sums[i], m) + (slack + g * absum) * (1.0 + 2.0 * g) + (n + 2) * TINY
+        res[i] = centre - total - (abs(centre) + total) * 2.0 * U - TINY
+    return res
+
+
+@njit(cache=True, nogil=True)
 def dense_chain_lower(lo, hi, weights, wts, aws, biases, kinds, C, d):
     """A whole pass through Dense (activation) ... Dense layers, then C y + d, in one call.
 
-    The same kernels as the layer-by-layer walk, composed so a pass over a small fully
-    connected network pays one dispatch and never holds the GIL. kinds[i] is the
-    activation after dense layer i (0 ReLU, 1 sigmoid, 2 tanh, -1 none).
+    The walk's arithmetic, with each activation folded into the next dense layer
+    (_fused_dense) so the generator matrix is written once and read twice per layer. The
+    generators are kept as two column blocks: A for the input's, E for those the
+    activations add. kinds[i] is the activation after dense layer i (0 ReLU, 1 sigmoid,
+    2 tanh, -1 none); the last dense layer has none (deepzono._prepare_chain).
     """
-    c, ptr, idx, val = box_to_csr(lo, hi)
-    beta = np.zeros(c.shape[0])
-    _, _, rad = csr_bounds(c, ptr, val, beta)
-    c, G, beta = csr_to_dense_affine(
-        c, ptr, idx, val, beta, rad, c.shape[0], wts[0], aws[0], biases[0]
-    )
+    c, A, beta = _first_layer(lo, hi, weights[0], wts[0], aws[0], biases[0])
+    E = np.zeros((c.shape[0], 0))
     for i in range(len(weights)):
-        if i > 0:
-            _, _, rad = dense_bounds(c, G, beta)
-            c, G, beta = dense_affine(c, G, beta, rad, weights[i], wts[i], aws[i], biases[i])
+        lw, up, rad = _split_bounds(c, A, E, beta)
+        if i + 1 == len(weights):
+            break
+        n = c.shape[0]
         if kinds[i] >= 0:
-            lw, up, rad = dense_bounds(c, G, beta)
             lam, mu, nu = relaxation(kinds[i], lw, up)
-            c, G, beta = dense_activation(c, G, beta, rad, lam, mu, nu)
-    _, _, rad = dense_bounds(c, G, beta)
-    return dense_linear_lower(c, G, beta, rad, C, d)
+        else:
+            lam, mu, nu = np.ones(n), np.zeros(n), np.full(n, -1.0)
+        c, A, E, beta = _fused_dense(
+            c, A, E, beta, rad, lam, mu, nu, weights[i + 1], wts[i + 1], aws[i + 1], biases[i + 1]
+        )
+    return _split_linear_lower(c, A, E, beta, rad, C, d)
