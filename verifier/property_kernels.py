@@ -47,17 +47,27 @@ def dense_linear_lower(c, G, beta, rad, C, d):
 
 
 @njit(cache=True, nogil=True)
-def _split_bounds(c, A, E, beta):
-    """Sound bounds of c + [A | E] e + delta (as kernels.dense_bounds, with two column blocks)."""
+def _col_abs_sums(Gt, out):
+    """out[i] += sum_j |Gt[j, i]| (the row sums of |G| for G stored transposed)."""
+    m, n = Gt.shape
+    for j in range(m):
+        for i in range(n):
+            out[i] += abs(Gt[j, i])
+
+
+@njit(cache=True, nogil=True)
+def _split_bounds(c, At, Et, beta):
+    """Sound bounds of c + [A | E] e + delta, A and E stored transposed (kernels.dense_bounds)."""
     n = c.shape[0]
-    m = A.shape[1] + E.shape[1]
-    sa = abs_row_sums(A)
-    se = abs_row_sums(E)
+    m = At.shape[0] + Et.shape[0]
+    sums = np.zeros(n)
+    _col_abs_sums(At, sums)
+    _col_abs_sums(Et, sums)
     lo = np.empty(n)
     hi = np.empty(n)
     rad = np.empty(n)
     for i in range(n):
-        r = widen_up(sa[i] + se[i], m) + beta[i]
+        r = widen_up(sums[i], m) + beta[i]
         r = r * (1.0 + 2.0 * U)
         rad[i] = r
         lo[i] = (c[i] - r) - (abs(c[i]) + r) * 2.0 * U - TINY
@@ -66,10 +76,9 @@ def _split_bounds(c, A, E, beta):
 
 
 @njit(cache=True, nogil=True)
-def _first_layer(lo, hi, weight, wt, aw, bias):
-    """Dense layer 0 on the input box: A = W[:, S] diag(r[S]) row-major, one product per entry."""
-    n_in = lo.shape[0]
-    n_out = weight.shape[0]
+def _first_layer(lo, hi, wt, aw, bias):
+    """Dense layer 0 on the input box: At[p] = W[:, S[p]] r[S[p]], one product per entry."""
+    n_in, n_out = wt.shape
     c = np.empty(n_in)
     r = np.empty(n_in)
     rad = np.empty(n_in)
@@ -84,38 +93,39 @@ def _first_layer(lo, hi, weight, wt, aw, bias):
             cols[ns] = j
             ns += 1
         rad[j] = widen_up(r[j], 1) * (1.0 + 2.0 * U)
-    A = np.empty((n_out, ns))
-    for i in range(n_out):
-        for p in range(ns):
-            A[i, p] = weight[i, cols[p]] * r[cols[p]]
+    At = np.empty((ns, n_out))
+    for p in range(ns):
+        rp = r[cols[p]]
+        row = wt[cols[p]]
+        for i in range(n_out):
+            At[p, i] = row[i] * rp
     out_c, out_beta = _affine_centre(c, np.zeros(n_in), rad, wt, aw, bias)
-    return out_c, A, out_beta
+    return out_c, At, out_beta
 
 
 @njit(cache=True, nogil=True)
-def _fused_dense(c, A, E, beta, rad, lam, mu, nu, weight, wt, aw, bias):
+def _fused_dense(c, At, Et, beta, rad, lam, mu, nu, wt, aw, bias):
     """Relaxation (lam, mu, nu) of the previous layer folded into the next dense layer W.
 
     The activation's zonotope [lam A | lam E | diag(nu)] is never materialised: the new
-    generators are fl(W diag(lam)) [A | E] over the live neurons (lam != 0), and W[:, k] nu_k
-    for the crossing ones. Each entry then carries one more rounding (of W lam) than W G
-    would: |fl(W lam) - W lam| <= U |W| lam, so the total generator error of a row is at most
-    (U + gamma(n)(1 + U)) |W| (lam sum|G| + nu) <= gamma(n + 1) |W| rad', with rad' = lam rad
-    + nu + beta' bounding the activation's row sums; _affine_centre is asked for gamma(n + 2)
-    (one extra rounding), so the error box covers it as well as the centre's rounding. The
-    activation's centre and error box are those of kernels.dense_activation.
+    generators are fl(W diag(lam)) [A | E] (dead neurons give zero columns of W diag(lam))
+    and W[:, k] nu_k for the crossing ones. Each entry then carries one more rounding (of
+    W lam) than W G would: |fl(W lam) - W lam| <= U |W| lam, so the total generator error of
+    a row is at most (U + gamma(n)(1 + U)) |W| (lam sum|G| + nu) <= gamma(n + 1) |W| rad',
+    with rad' = lam rad + nu + beta' bounding the activation's row sums; _affine_centre is
+    asked for gamma(n + 2) (one extra rounding), so the error box covers it as well as the
+    centre's rounding. The activation's centre and error box are kernels.dense_activation's.
+    Generator blocks are stored transposed (generator-major), which suits BLAS best here.
     """
-    n, ma = A.shape
-    me = E.shape[1]
-    n_out = weight.shape[0]
+    n, n_out = wt.shape
+    me = Et.shape[0]
     c1 = np.empty(n)
     beta1 = np.empty(n)
     rad1 = np.empty(n)
-    live = np.empty(n, dtype=np.int64)
     cross = np.empty(n, dtype=np.int64)
-    nl = 0
     nc = 0
     g2 = 2.0 * gamma(2)
+    wlt = np.empty((n, n_out))
     for k in range(n):
         s = lam[k]
         c1[k] = s * c[k] + mu[k]
@@ -127,39 +137,34 @@ def _fused_dense(c, A, E, beta, rad, lam, mu, nu, weight, wt, aw, bias):
             cross[nc] = k
             nc += 1
         rad1[k] = top * (1.0 + 4.0 * U) + TINY
-        if s != 0.0:
-            live[nl] = k
-            nl += 1
-    wl = np.empty((n_out, nl))
-    for i in range(n_out):
-        for t in range(nl):
-            wl[i, t] = weight[i, live[t]] * lam[live[t]]
-    if nl == n:
-        A1 = np.dot(wl, A)
-    else:
-        sub = np.empty((nl, ma))
-        for t in range(nl):
-            sub[t] = A[live[t]]
-        A1 = np.dot(wl, sub)
-    E1 = np.zeros((n_out, me + nc))
-    for i in range(n_out):
-        for t in range(nl):
-            w = wl[i, t]
-            row = E[live[t]]
-            for j in range(me):
-                E1[i, j] += w * row[j]
-        for t in range(nc):
-            E1[i, me + t] = weight[i, cross[t]] * nu[cross[t]]
+        for i in range(n_out):
+            wlt[k, i] = wt[k, i] * s
+    At1 = np.dot(At, wlt)
+    Et1 = np.zeros((me + nc, n_out))
+    for j in range(me):
+        for k in range(n):
+            v = Et[j, k]
+            if v != 0.0:
+                for i in range(n_out):
+                    Et1[j, i] += v * wlt[k, i]
+    for t in range(nc):
+        k = cross[t]
+        for i in range(n_out):
+            Et1[me + t, i] = wt[k, i] * nu[k]
     out_c, out_beta = _affine_centre(c1, beta1, rad1, wt, aw, bias, 1)
-    return out_c, A1, E1, out_beta
+    return out_c, At1, Et1, out_beta
 
 
 @njit(cache=True, nogil=True)
-def _split_linear_lower(c, A, E, beta, rad, C, d):
-    """dense_linear_lower on c + [A | E] e + delta (two column blocks, same bound)."""
+def _split_linear_lower(c, At, Et, beta, rad, C, d):
+    """dense_linear_lower on c + [A | E] e + delta, A and E stored transposed (same bound)."""
     k_out, n = C.shape
-    m = A.shape[1] + E.shape[1]
-    sums = abs_row_sums(np.dot(C, A)) + abs_row_sums(np.dot(C, E))
+    m = At.shape[0] + Et.shape[0]
+    ct = np.ascontiguousarray(C.T)
+    sums = np.zeros(k_out)
+    _col_abs_sums(np.dot(At, ct), sums)
+    if Et.shape[0] > 0:
+        _col_abs_sums(np.dot(Et, ct), sums)
     g = gamma(n + 1)
     res = np.empty(k_out)
     for i in range(k_out):
@@ -186,10 +191,10 @@ def dense_chain_lower(lo, hi, weights, wts, aws, biases, kinds, C, d):
     activations add. kinds[i] is the activation after dense layer i (0 ReLU, 1 sigmoid,
     2 tanh, -1 none); the last dense layer has none (deepzono._prepare_chain).
     """
-    c, A, beta = _first_layer(lo, hi, weights[0], wts[0], aws[0], biases[0])
-    E = np.zeros((c.shape[0], 0))
+    c, At, beta = _first_layer(lo, hi, wts[0], aws[0], biases[0])
+    Et = np.zeros((0, c.shape[0]))
     for i in range(len(weights)):
-        lw, up, rad = _split_bounds(c, A, E, beta)
+        lw, up, rad = _split_bounds(c, At, Et, beta)
         if i + 1 == len(weights):
             break
         n = c.shape[0]
@@ -197,7 +202,7 @@ def dense_chain_lower(lo, hi, weights, wts, aws, biases, kinds, C, d):
             lam, mu, nu = relaxation(kinds[i], lw, up)
         else:
             lam, mu, nu = np.ones(n), np.zeros(n), np.full(n, -1.0)
-        c, A, E, beta = _fused_dense(
-            c, A, E, beta, rad, lam, mu, nu, weights[i + 1], wts[i + 1], aws[i + 1], biases[i + 1]
+        c, At, Et, beta = _fused_dense(
+            c, At, Et, beta, rad, lam, mu, nu, wts[i + 1], aws[i + 1], biases[i + 1]
         )
-    return _split_linear_lower(c, A, E, beta, rad, C, d)
+    return _split_linear_lower(c, At, Et, beta, rad, C, d)
