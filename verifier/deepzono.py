@@ -26,7 +26,11 @@ ACTIVATION_KIND = {Relu: 0, Sigmoid: 1, Tanh: 2}
 
 @dataclass
 class Zonotope:
-    """Centre c, generators (CSR rows or a dense matrix), error box beta; m generator ids."""
+    """Centre c, generators (CSR rows or a dense matrix), error box beta; m generator ids.
+
+    gsum, when the kernel that made a CSR zonotope knew it: an upper bound of the exact sum
+    of |generators| of every row, so bounds need not sweep the rows again.
+    """
 
     c: np.ndarray
     beta: np.ndarray
@@ -35,6 +39,7 @@ class Zonotope:
     indptr: np.ndarray | None = None
     idx: np.ndarray | None = None
     val: np.ndarray | None = None
+    gsum: np.ndarray | None = None
 
     @classmethod
     def from_box(cls, box: InputBox) -> Zonotope:
@@ -50,7 +55,15 @@ class Zonotope:
         """Sound (lower, upper, radius) per neuron."""
         if self.is_dense:
             return K.dense_bounds(self.c, self.dense, self.beta)
+        if self.gsum is not None:
+            return K.bounds_from_sums(self.c, self.gsum, self.beta)
         return K.csr_bounds(self.c, self.indptr, self.val, self.beta)
+
+    def row_sums(self) -> np.ndarray:
+        """gsum of a CSR zonotope (computed when its kernel did not give it)."""
+        if self.gsum is not None:
+            return self.gsum
+        return K.csr_abs_sums(self.indptr, self.val)
 
     def to_csr(self) -> Zonotope:
         if not self.is_dense:
@@ -79,14 +92,12 @@ def _prepare_dense(layer: Dense) -> tuple:
 
 
 def _prepare_conv(layer: Conv) -> tuple:
-    return (
+    tap_k, wtap = K.conv_taps(
         np.ascontiguousarray(layer.weight, dtype=np.float64),
-        np.asarray(layer.bias, np.float64),
-        np.array(layer.in_shape, np.int64),
-        np.array(layer.out_shape, np.int64),
-        np.array(layer.stride, np.int64),
-        np.array(layer.pads, np.int64),
+        *(np.array(v, np.int64) for v in (layer.in_shape, layer.out_shape, layer.stride,
+                                          layer.pads)),
     )
+    return tap_k, wtap, np.asarray(layer.bias, np.float64)
 
 
 def _prepare_pool(layer: MaxPool) -> tuple:
@@ -130,10 +141,10 @@ def _activation(kind: int):
         if z.is_dense:
             c, g, beta = K.dense_activation(z.c, z.dense, z.beta, rad, lam, mu, nu)
             return Zonotope(c, beta, g.shape[1], dense=g)
-        c, ptr, idx, val, beta, m = K.csr_activation(
+        c, ptr, idx, val, beta, m, gsum = K.csr_activation(
             z.c, z.indptr, z.idx, z.val, z.beta, rad, z.m, lam, mu, nu
         )
-        return Zonotope(c, beta, m, indptr=ptr, idx=idx, val=val)
+        return Zonotope(c, beta, m, indptr=ptr, idx=idx, val=val, gsum=gsum)
 
     return transfer
 
@@ -141,17 +152,19 @@ def _activation(kind: int):
 def _conv(arrays: tuple, z: Zonotope) -> Zonotope:
     z = z.to_csr()
     _, _, rad = z.bounds()
-    c, ptr, idx, val, beta = K.csr_conv(z.c, z.indptr, z.idx, z.val, z.beta, rad, z.m, *arrays)
-    return Zonotope(c, beta, z.m, indptr=ptr, idx=idx, val=val)
+    c, ptr, idx, val, beta, gsum = K.csr_conv(
+        z.c, z.indptr, z.idx, z.val, z.beta, rad, z.m, *arrays
+    )
+    return Zonotope(c, beta, z.m, indptr=ptr, idx=idx, val=val, gsum=gsum)
 
 
 def _maxpool(arrays: tuple, z: Zonotope) -> Zonotope:
     z = z.to_csr()
     lo, hi, _ = z.bounds()
-    c, ptr, idx, val, beta, m = csr_maxpool(
-        z.c, z.indptr, z.idx, z.val, z.beta, lo, hi, z.m, *arrays
+    c, ptr, idx, val, beta, m, gsum = csr_maxpool(
+        z.c, z.indptr, z.idx, z.val, z.beta, lo, hi, z.row_sums(), z.m, *arrays
     )
-    return Zonotope(c, beta, m, indptr=ptr, idx=idx, val=val)
+    return Zonotope(c, beta, m, indptr=ptr, idx=idx, val=val, gsum=gsum)
 
 
 # ----------------------------------------------------------------------------- property

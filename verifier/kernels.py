@@ -103,6 +103,34 @@ def csr_bounds(c, indptr, val, beta):
 
 
 @njit(cache=True, nogil=True)
+def bounds_from_sums(c, gsum, beta):
+    """csr_bounds when the producing kernel already gave gsum >= the exact sum |G| per row."""
+    n = c.shape[0]
+    lo = np.empty(n)
+    hi = np.empty(n)
+    rad = np.empty(n)
+    for i in range(n):
+        r = (gsum[i] + beta[i]) * (1.0 + 2.0 * U)
+        rad[i] = r
+        lo[i] = (c[i] - r) - (abs(c[i]) + r) * 2.0 * U - TINY
+        hi[i] = (c[i] + r) + (abs(c[i]) + r) * 2.0 * U + TINY
+    return lo, hi, rad
+
+
+@njit(cache=True, nogil=True)
+def csr_abs_sums(indptr, val):
+    """An upper bound of the exact sum |G| of every CSR row (the gsum the kernels return)."""
+    n = indptr.shape[0] - 1
+    out = np.empty(n)
+    for i in range(n):
+        s = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            s += abs(val[p])
+        out[i] = widen_up(s, indptr[i + 1] - indptr[i])
+    return out
+
+
+@njit(cache=True, nogil=True)
 def abs_row_sums(G):
     """sum_j |G[i, j]| per row, with four partial sums so the loop pipelines."""
     n, m = G.shape
@@ -147,19 +175,14 @@ def dense_bounds(c, G, beta):
 
 
 @njit(cache=True, nogil=True)
-def csr_conv(c, indptr, idx, val, beta, rad, m, weight, bias, in_shape, out_shape, stride, pads):
-    """Convolution of a CSR zonotope.
-
-    All output channels at one position read the same input window, so the window's
-    generators are gathered once per position (their union gives the row pattern shared by
-    the channels) and each non-zero is applied to every channel in one contiguous loop.
-    """
+def conv_taps(weight, in_shape, out_shape, stride, pads):
+    """Per output position, the input neuron of every tap (-1 in padding), and the weight per
+    tap contiguous over output channels: derived once per network (deepzono's prepare)."""
     ci_n, h, w = in_shape[0], in_shape[1], in_shape[2]
     co_n, oh, ow = out_shape[0], out_shape[1], out_shape[2]
     kh, kw = weight.shape[2], weight.shape[3]
     sh, sw, pt, pl = stride[0], stride[1], pads[0], pads[1]
     npos = oh * ow
-    # the taps of each position: input neuron index and weight-column index
     ntap = kh * kw * ci_n
     tap_k = np.full((npos, ntap), -1, dtype=np.int64)
     for y in range(oh):
@@ -173,7 +196,7 @@ def csr_conv(c, indptr, idx, val, beta, rad, m, weight, bias, in_shape, out_shap
                         if 0 <= iy < h and 0 <= ix < w:
                             tap_k[y * ow + x, t] = (ci * h + iy) * w + ix
                         t += 1
-    wtap = np.empty((ntap, co_n))  # weight per tap, contiguous over output channels
+    wtap = np.empty((ntap, co_n))
     for co in range(co_n):
         t = 0
         for ky in range(kh):
@@ -181,6 +204,21 @@ def csr_conv(c, indptr, idx, val, beta, rad, m, weight, bias, in_shape, out_shap
                 for ci in range(ci_n):
                     wtap[t, co] = weight[co, ci, ky, kx]
                     t += 1
+    return tap_k, wtap
+
+
+@njit(cache=True, nogil=True)
+def csr_conv(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias):
+    """Convolution of a CSR zonotope; tap_k, wtap from conv_taps.
+
+    All output channels at one position read the same input window, so the window's
+    generators are gathered once per position (their union gives the row pattern shared by
+    the channels) and each non-zero is applied to every channel in one contiguous loop.
+    Also returns gsum, a sound upper bound of each output row's sum |G| (widen_up of the sum
+    of the stored values), computed as the row is written.
+    """
+    npos, ntap = tap_k.shape
+    co_n = wtap.shape[1]
     # pass 1: size of the generator union of each position's window
     seen = np.full(m, -1, dtype=np.int64)
     usize = np.zeros(npos, dtype=np.int64)
@@ -207,6 +245,7 @@ def csr_conv(c, indptr, idx, val, beta, rad, m, weight, bias, in_shape, out_shap
     out_val = np.empty(out_ptr[n_out])
     out_c = np.empty(n_out)
     out_beta = np.empty(n_out)
+    gsum = np.empty(n_out)
     umax = 1
     for pos in range(npos):
         umax = max(umax, usize[pos])
@@ -260,10 +299,15 @@ def csr_conv(c, indptr, idx, val, beta, rad, m, weight, bias, in_shape, out_shap
             p0 = out_ptr[o]
             for u in range(nu):
                 out_idx[p0 + u] = ids[u]
-                out_val[p0 + u] = buf[u, co]
+            ssum = 0.0
+            for u in range(nu):
+                v = buf[u, co]
+                out_val[p0 + u] = v
+                ssum += abs(v)
+            gsum[o] = widen_up(ssum, nu)
             out_c[o] = cc[co]
             out_beta[o] = (bsum[co] + g * (absc[co] + err[co])) * (1.0 + 2.0 * g) + ntap * TINY
-    return out_c, out_ptr, out_idx, out_val, out_beta
+    return out_c, out_ptr, out_idx, out_val, out_beta, gsum
 
 
 @njit(cache=True, nogil=True)
@@ -450,7 +494,10 @@ def relaxation(kind, lo, hi):
 
 @njit(cache=True, nogil=True)
 def csr_activation(c, indptr, idx, val, beta, rad, m, lam, mu, nu):
-    """Apply per-neuron relaxations to a CSR zonotope; crossing neurons get a new generator."""
+    """Apply per-neuron relaxations to a CSR zonotope; crossing neurons get a new generator.
+
+    Also returns gsum (see csr_conv) of the output rows.
+    """
     n = c.shape[0]
     n_new = 0
     nnz = 0
@@ -467,23 +514,29 @@ def csr_activation(c, indptr, idx, val, beta, rad, m, lam, mu, nu):
     p = 0
     nxt = m
     out_ptr[0] = 0
+    gsum = np.empty(n)
     for i in range(n):
         s = lam[i]
+        ssum = 0.0
         if s != 0.0:
             for q in range(indptr[i], indptr[i + 1]):
                 out_idx[p] = idx[q]
-                out_val[p] = s * val[q]
+                v = s * val[q]
+                out_val[p] = v
+                ssum += abs(v)
                 p += 1
         if nu[i] >= 0.0:
             out_idx[p] = nxt
             out_val[p] = nu[i]
+            ssum += nu[i]
             nxt += 1
             p += 1
         out_ptr[i + 1] = p
+        gsum[i] = widen_up(ssum, out_ptr[i + 1] - out_ptr[i])
         out_c[i] = s * c[i] + mu[i]
         err = s * (abs(c[i]) + rad[i]) + abs(mu[i])
         out_beta[i] = (s * beta[i] + 2.0 * gamma(2) * err) * (1.0 + 2.0 * U) + TINY
-    return out_c, out_ptr, out_idx, out_val, out_beta, nxt
+    return out_c, out_ptr, out_idx, out_val, out_beta, nxt, gsum
 
 
 @njit(cache=True, nogil=True)
