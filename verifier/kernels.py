@@ -326,13 +326,6 @@ def csr_scale(c, indptr, val, beta, rad, a, b):
     return out_c, out_val, out_beta
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _axpy(a, x, y):
-    """y += a x on contiguous vectors (a loop LLVM vectorises)."""
-    for i in range(x.shape[0]):
-        y[i] += a * x[i]
-
-
 @njit(cache=True, nogil=True)
 def csr_to_dense_affine(c, indptr, idx, val, beta, rad, m, wt_t, aw, bias):
     """Dense layer applied to a CSR zonotope, giving a dense one over the used generators.
@@ -348,12 +341,30 @@ def csr_to_dense_affine(c, indptr, idx, val, beta, rad, m, wt_t, aw, bias):
             col[j] = mu
             mu += 1
     gt = np.zeros((mu, n_out))
-    for k in range(n_in):
-        wrow = wt_t[k]
+    for k in range(n_in):  # indices, not row views: a view per non-zero costs refcounting
         for q in range(indptr[k], indptr[k + 1]):
-            _axpy(val[q], wrow, gt[col[idx[q]]])
+            r = col[idx[q]]
+            v = val[q]
+            for i in range(n_out):
+                gt[r, i] += v * wt_t[k, i]
     out_c, out_beta = _affine_centre(c, beta, rad, wt_t, aw, bias)
-    return out_c, np.ascontiguousarray(gt.T), out_beta
+    return out_c, _transpose(gt), out_beta
+
+
+@njit(cache=True, nogil=True)
+def _transpose(a):
+    """a.T as a new row-major array, copied in cache-sized tiles."""
+    n, m = a.shape
+    out = np.empty((m, n))
+    b = 16
+    for i0 in range(0, n, b):
+        i1 = min(i0 + b, n)
+        for j0 in range(0, m, b):
+            j1 = min(j0 + b, m)
+            for j in range(j0, j1):
+                for i in range(i0, i1):
+                    out[j, i] = a[i, j]
+    return out
 
 
 @njit(cache=True, nogil=True)

@@ -95,10 +95,10 @@ def _first_layer(lo, hi, wt, aw, bias):
         rad[j] = widen_up(r[j], 1) * (1.0 + 2.0 * U)
     At = np.empty((ns, n_out))
     for p in range(ns):
-        rp = r[cols[p]]
-        row = wt[cols[p]]
+        k = cols[p]
+        rp = r[k]
         for i in range(n_out):
-            At[p, i] = row[i] * rp
+            At[p, i] = wt[k, i] * rp
     out_c, out_beta = _affine_centre(c, np.zeros(n_in), rad, wt, aw, bias)
     return out_c, At, out_beta
 
