@@ -142,7 +142,7 @@ def _activation(kind: int):
             c, g, beta = K.dense_activation(z.c, z.dense, z.beta, rad, lam, mu, nu)
             return Zonotope(c, beta, g.shape[1], dense=g)
         c, ptr, idx, val, beta, m, gsum = K.csr_activation(
-            z.c, z.indptr, z.idx, z.val, z.beta, rad, z.m, lam, mu, nu
+            z.c, z.indptr, z.idx, z.val, z.beta, rad, z.row_sums(), z.m, lam, mu, nu
         )
         return Zonotope(c, beta, m, indptr=ptr, idx=idx, val=val, gsum=gsum)
 

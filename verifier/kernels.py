@@ -214,6 +214,8 @@ def csr_conv(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias):
     All output channels at one position read the same input window, so the window's
     generators are gathered once per position (their union gives the row pattern shared by
     the channels) and each non-zero is applied to every channel in one contiguous loop.
+    The centre and error box carry the bias with one more rounding than the tap sum, within
+    gamma(ntap + 1) like the taps' own (any summation order, BLAS or not).
     Also returns gsum, a sound upper bound of each output row's sum |G| (widen_up of the sum
     of the stored values), computed as the row is written.
     """
@@ -253,34 +255,32 @@ def csr_conv(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias):
     ids = np.empty(umax, dtype=np.int64)
     slot = np.empty(m, dtype=np.int64)
     seen[:] = -1
-    cc = np.empty(co_n)
-    absc = np.empty(co_n)
-    err = np.empty(co_n)
-    bsum = np.empty(co_n)
+    ssum = np.empty(co_n)
+    p0s = np.empty(co_n, dtype=np.int64)
     g = gamma(ntap + 1)
+    # centres and error terms of all positions as three small products (im2col): the taps'
+    # centres times W, and (|c| + rad), beta times |W| (padding taps contribute 0)
+    xc = np.zeros((npos, ntap))
+    xa = np.zeros((npos, ntap))
+    xb = np.zeros((npos, ntap))
+    for pos in range(npos):
+        for t in range(ntap):
+            k = tap_k[pos, t]
+            if k >= 0:
+                xc[pos, t] = c[k]
+                xa[pos, t] = abs(c[k]) + rad[k]
+                xb[pos, t] = beta[k]
+    awtap = np.abs(wtap)
+    cc_all = np.dot(xc, wtap)
+    err_all = np.dot(xa, awtap)
+    bsum_all = np.dot(xb, awtap)
     # pass 2: accumulate every channel of a position at once
     for pos in range(npos):
         nu = 0
-        for co in range(co_n):
-            cc[co] = bias[co]
-            absc[co] = abs(bias[co])
-            err[co] = 0.0
-            bsum[co] = 0.0
         for t in range(ntap):
             k = tap_k[pos, t]
             if k < 0:
                 continue
-            ck = c[k]
-            ack = abs(ck)
-            rk = rad[k]
-            bk = beta[k]
-            for co in range(co_n):
-                wv = wtap[t, co]
-                aw = abs(wv)
-                cc[co] += wv * ck
-                absc[co] += aw * ack
-                err[co] += aw * rk
-                bsum[co] += aw * bk
             for q in range(indptr[k], indptr[k + 1]):
                 j = idx[q]
                 if seen[j] != pos:
@@ -295,18 +295,21 @@ def csr_conv(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias):
                 for co in range(co_n):
                     buf[sj, co] += wtap[t, co] * v
         for co in range(co_n):
-            o = co * npos + pos
-            p0 = out_ptr[o]
-            for u in range(nu):
-                out_idx[p0 + u] = ids[u]
-            ssum = 0.0
-            for u in range(nu):
+            p0s[co] = out_ptr[co * npos + pos]
+            ssum[co] = 0.0
+        for u in range(nu):  # channels inner: independent sums, sequential streams
+            j = ids[u]
+            for co in range(co_n):
                 v = buf[u, co]
-                out_val[p0 + u] = v
-                ssum += abs(v)
-            gsum[o] = widen_up(ssum, nu)
-            out_c[o] = cc[co]
-            out_beta[o] = (bsum[co] + g * (absc[co] + err[co])) * (1.0 + 2.0 * g) + ntap * TINY
+                out_idx[p0s[co] + u] = j
+                out_val[p0s[co] + u] = v
+                ssum[co] += abs(v)
+        for co in range(co_n):
+            o = co * npos + pos
+            gsum[o] = widen_up(ssum[co], nu)
+            out_c[o] = cc_all[pos, co] + bias[co]
+            err = err_all[pos, co] + abs(bias[co])
+            out_beta[o] = (bsum_all[pos, co] + g * err) * (1.0 + 2.0 * g) + ntap * TINY
     return out_c, out_ptr, out_idx, out_val, out_beta, gsum
 
 
@@ -369,27 +372,32 @@ def _transpose(a):
 
 @njit(cache=True, nogil=True)
 def _affine_centre(c, beta, rad, wt_t, aw, bias, extra=0):
-    """Centre and error box of y = W x + b, with W given transposed and |W| as aw [out, in].
+    """Centre and error box of y = W x + b, with W given transposed ([in, out]).
 
     The error box covers the rounding of the centre and of generators computed as W G with
     gamma(n_in + 1); `extra` more roundings per product (e.g. W pre-scaled by a diagonal)
-    raise it to gamma(n_in + 1 + extra).
+    raise it to gamma(n_in + 1 + extra). Every sum runs over the inputs with the outputs in
+    the inner loop (independent accumulators that vectorise); the bounds hold in any order.
+    aw (|W|, [out, in]) is kept in the signature for the callers; |wt_t| is used instead.
     """
     n_in, n_out = wt_t.shape
     out_c = bias.copy()
+    bsum = np.zeros(n_out)
+    err = np.abs(bias)
     for k in range(n_in):
         ck = c[k]
+        bk = beta[k]
+        vk = abs(ck) + rad[k]
         for i in range(n_out):
-            out_c[i] += wt_t[k, i] * ck
+            w = wt_t[k, i]
+            a = abs(w)
+            out_c[i] += w * ck
+            bsum[i] += a * bk
+            err[i] += a * vk
     g = gamma(n_in + 1 + extra)
     out_beta = np.empty(n_out)
     for i in range(n_out):
-        bsum = 0.0
-        err = abs(bias[i])
-        for k in range(n_in):
-            bsum += aw[i, k] * beta[k]
-            err += aw[i, k] * (abs(c[k]) + rad[k])
-        out_beta[i] = (bsum + g * err) * (1.0 + 2.0 * g) + (n_in + 1) * (1 + extra) * TINY
+        out_beta[i] = (bsum[i] + g * err[i]) * (1.0 + 2.0 * g) + (n_in + 1) * (1 + extra) * TINY
     return out_c, out_beta
 
 
@@ -504,10 +512,12 @@ def relaxation(kind, lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def csr_activation(c, indptr, idx, val, beta, rad, m, lam, mu, nu):
+def csr_activation(c, indptr, idx, val, beta, rad, gsum_in, m, lam, mu, nu):
     """Apply per-neuron relaxations to a CSR zonotope; crossing neurons get a new generator.
 
-    Also returns gsum (see csr_conv) of the output rows.
+    Also returns gsum (see csr_conv) of the output rows from the input's: each stored
+    fl(s v) is at most (1 + U) s |v|, so sum |fl(s v)| <= (1 + U) s gsum_in, which
+    fl(fl(s gsum_in)(1 + 4U)) + TINY bounds; adding the new generator nu is widened by 4U.
     """
     n = c.shape[0]
     n_new = 0
@@ -532,18 +542,17 @@ def csr_activation(c, indptr, idx, val, beta, rad, m, lam, mu, nu):
         if s != 0.0:
             for q in range(indptr[i], indptr[i + 1]):
                 out_idx[p] = idx[q]
-                v = s * val[q]
-                out_val[p] = v
-                ssum += abs(v)
+                out_val[p] = s * val[q]
                 p += 1
+            ssum = (s * gsum_in[i]) * (1.0 + 4.0 * U) + TINY
         if nu[i] >= 0.0:
             out_idx[p] = nxt
             out_val[p] = nu[i]
-            ssum += nu[i]
+            ssum = (ssum + nu[i]) * (1.0 + 4.0 * U)
             nxt += 1
             p += 1
         out_ptr[i + 1] = p
-        gsum[i] = widen_up(ssum, out_ptr[i + 1] - out_ptr[i])
+        gsum[i] = ssum
         out_c[i] = s * c[i] + mu[i]
         err = s * (abs(c[i]) + rad[i]) + abs(mu[i])
         out_beta[i] = (s * beta[i] + 2.0 * gamma(2) * err) * (1.0 + 2.0 * U) + TINY
