@@ -208,19 +208,109 @@ def conv_taps(weight, in_shape, out_shape, stride, pads):
 
 
 @njit(cache=True, nogil=True)
+def _one_generator_each(indptr, idx):
+    """Whether every row has at most one generator and no two rows share one (an input box)."""
+    last = -1
+    for i in range(indptr.shape[0] - 1):
+        if indptr[i + 1] - indptr[i] > 1:
+            return False
+        if indptr[i + 1] > indptr[i]:
+            if idx[indptr[i]] <= last:
+                return False
+            last = idx[indptr[i]]
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _conv_centre(c, beta, rad, tap_k, wtap, bias):
+    """Centre, error box (before generators) of every output of a convolution (im2col).
+
+    The taps' centres times W, and (|c| + rad), beta times |W| (padding taps give 0); with the
+    bias one more term, the rounding is within gamma(ntap + 1) like the taps' own sums.
+    """
+    npos, ntap = tap_k.shape
+    co_n = wtap.shape[1]
+    xc = np.zeros((npos, ntap))
+    xa = np.zeros((npos, ntap))
+    xb = np.zeros((npos, ntap))
+    for pos in range(npos):
+        for t in range(ntap):
+            k = tap_k[pos, t]
+            if k >= 0:
+                xc[pos, t] = c[k]
+                xa[pos, t] = abs(c[k]) + rad[k]
+                xb[pos, t] = beta[k]
+    awtap = np.abs(wtap)
+    cc = np.dot(xc, wtap)
+    err = np.dot(xa, awtap)
+    bsum = np.dot(xb, awtap)
+    g = gamma(ntap + 1)
+    out_c = np.empty(co_n * npos)
+    out_beta = np.empty(co_n * npos)
+    for co in range(co_n):
+        for pos in range(npos):
+            o = co * npos + pos
+            out_c[o] = cc[pos, co] + bias[co]
+            e = err[pos, co] + abs(bias[co])
+            out_beta[o] = (bsum[pos, co] + g * e) * (1.0 + 2.0 * g) + ntap * TINY
+    return out_c, out_beta
+
+
+@njit(cache=True, nogil=True)
+def _conv_distinct(c, indptr, idx, val, beta, rad, tap_k, wtap, bias):
+    """csr_conv when no two input rows share a generator and each has at most one: every
+    output entry is a single product w v, written in tap order (as csr_conv would)."""
+    npos, ntap = tap_k.shape
+    co_n = wtap.shape[1]
+    n_out = co_n * npos
+    cnt = np.zeros(npos, dtype=np.int64)
+    for pos in range(npos):
+        for t in range(ntap):
+            k = tap_k[pos, t]
+            if k >= 0 and indptr[k + 1] > indptr[k]:
+                cnt[pos] += 1
+    out_ptr = np.empty(n_out + 1, dtype=np.int64)
+    out_ptr[0] = 0
+    for co in range(co_n):
+        for pos in range(npos):
+            o = co * npos + pos
+            out_ptr[o + 1] = out_ptr[o] + cnt[pos]
+    out_idx = np.empty(out_ptr[n_out], dtype=np.int64)
+    out_val = np.empty(out_ptr[n_out])
+    gsum = np.empty(n_out)
+    for co in range(co_n):
+        for pos in range(npos):
+            o = co * npos + pos
+            p = out_ptr[o]
+            s = 0.0
+            for t in range(ntap):
+                k = tap_k[pos, t]
+                if k >= 0 and indptr[k + 1] > indptr[k]:
+                    q = indptr[k]
+                    v = wtap[t, co] * val[q]
+                    out_idx[p] = idx[q]
+                    out_val[p] = v
+                    s += abs(v)
+                    p += 1
+            gsum[o] = widen_up(s, cnt[pos])
+    out_c, out_beta = _conv_centre(c, beta, rad, tap_k, wtap, bias)
+    return out_c, out_ptr, out_idx, out_val, out_beta, gsum
+
+
+@njit(cache=True, nogil=True)
 def csr_conv(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias):
     """Convolution of a CSR zonotope; tap_k, wtap from conv_taps.
 
     All output channels at one position read the same input window, so the window's
     generators are gathered once per position (their union gives the row pattern shared by
     the channels) and each non-zero is applied to every channel in one contiguous loop.
-    The centre and error box carry the bias with one more rounding than the tap sum, within
-    gamma(ntap + 1) like the taps' own (any summation order, BLAS or not).
     Also returns gsum, a sound upper bound of each output row's sum |G| (widen_up of the sum
     of the stored values), computed as the row is written.
     """
     npos, ntap = tap_k.shape
     co_n = wtap.shape[1]
+    if _one_generator_each(indptr, idx):
+        return _conv_distinct(c, indptr, idx, val, beta, rad, tap_k, wtap, bias)
     # pass 1: size of the generator union of each position's window
     seen = np.full(m, -1, dtype=np.int64)
     usize = np.zeros(npos, dtype=np.int64)
@@ -245,8 +335,6 @@ def csr_conv(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias):
             out_ptr[o + 1] = out_ptr[o] + usize[pos]
     out_idx = np.empty(out_ptr[n_out], dtype=np.int64)
     out_val = np.empty(out_ptr[n_out])
-    out_c = np.empty(n_out)
-    out_beta = np.empty(n_out)
     gsum = np.empty(n_out)
     umax = 1
     for pos in range(npos):
@@ -257,23 +345,7 @@ def csr_conv(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias):
     seen[:] = -1
     ssum = np.empty(co_n)
     p0s = np.empty(co_n, dtype=np.int64)
-    g = gamma(ntap + 1)
-    # centres and error terms of all positions as three small products (im2col): the taps'
-    # centres times W, and (|c| + rad), beta times |W| (padding taps contribute 0)
-    xc = np.zeros((npos, ntap))
-    xa = np.zeros((npos, ntap))
-    xb = np.zeros((npos, ntap))
-    for pos in range(npos):
-        for t in range(ntap):
-            k = tap_k[pos, t]
-            if k >= 0:
-                xc[pos, t] = c[k]
-                xa[pos, t] = abs(c[k]) + rad[k]
-                xb[pos, t] = beta[k]
-    awtap = np.abs(wtap)
-    cc_all = np.dot(xc, wtap)
-    err_all = np.dot(xa, awtap)
-    bsum_all = np.dot(xb, awtap)
+    out_c, out_beta = _conv_centre(c, beta, rad, tap_k, wtap, bias)
     # pass 2: accumulate every channel of a position at once
     for pos in range(npos):
         nu = 0
@@ -307,9 +379,6 @@ def csr_conv(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias):
         for co in range(co_n):
             o = co * npos + pos
             gsum[o] = widen_up(ssum[co], nu)
-            out_c[o] = cc_all[pos, co] + bias[co]
-            err = err_all[pos, co] + abs(bias[co])
-            out_beta[o] = (bsum_all[pos, co] + g * err) * (1.0 + 2.0 * g) + ntap * TINY
     return out_c, out_ptr, out_idx, out_val, out_beta, gsum
 
 
