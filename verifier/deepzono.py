@@ -2,7 +2,8 @@
 
 A state is a `Zonotope`. Its generator matrix is sparse (CSR) from the input through
 convolutions and pools, where each neuron depends on few generators, and dense through fully
-connected layers (dropping every generator no neuron uses). Networks that are a chain of
+connected layers (dropping every generator no neuron uses; held generator-major, so `dense`
+is the n x m transposed view of a row-major m x n array). Networks that are a chain of
 Dense/activation layers take a fused kernel (property_kernels.dense_chain_lower): the same
 arithmetic as the walk, in one GIL-free call. Why the results are sound in floating point:
 the docstrings of verifier.kernels, verifier.pool_kernels and verifier.property_kernels.
@@ -47,14 +48,24 @@ class Zonotope:
         c, ptr, idx, val = K.box_to_csr(box.lower, box.upper)
         return cls(c=c, beta=np.zeros(c.shape[0]), m=c.shape[0], indptr=ptr, idx=idx, val=val)
 
+    @classmethod
+    def of_dense(cls, c: np.ndarray, gt: np.ndarray, beta: np.ndarray) -> Zonotope:
+        """A dense zonotope from its generator-major matrix gt (m x n)."""
+        return cls(c, beta, gt.shape[0], dense=gt.T)
+
     @property
     def is_dense(self) -> bool:
         return self.dense is not None
 
+    @property
+    def gt(self) -> np.ndarray:
+        """The dense generators, generator-major and row-major (m x n)."""
+        return np.ascontiguousarray(self.dense.T)
+
     def bounds(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sound (lower, upper, radius) per neuron."""
         if self.is_dense:
-            return K.dense_bounds(self.c, self.dense, self.beta)
+            return K.dense_bounds(self.c, self.gt, self.beta)
         if self.gsum is not None:
             return K.bounds_from_sums(self.c, self.gsum, self.beta)
         return K.csr_bounds(self.c, self.indptr, self.val, self.beta)
@@ -68,7 +79,7 @@ class Zonotope:
     def to_csr(self) -> Zonotope:
         if not self.is_dense:
             return self
-        ptr, idx, val = K.dense_to_csr(self.dense)
+        ptr, idx, val = K.dense_to_csr(np.ascontiguousarray(self.dense))
         return Zonotope(self.c, self.beta, self.dense.shape[1], indptr=ptr, idx=idx, val=val)
 
     def to_dense(self) -> Zonotope:
@@ -76,11 +87,11 @@ class Zonotope:
             return self
         n = self.c.shape[0]
         eye = np.eye(n)
-        _, g, _ = K.csr_to_dense_affine(
+        _, gt, _ = K.csr_to_dense_affine(
             self.c, self.indptr, self.idx, self.val, self.beta, np.zeros(n), self.m,
             eye, eye, np.zeros(n),
         )  # the identity layer: every product is exact, so c and beta carry over
-        return Zonotope(self.c.copy(), self.beta.copy(), g.shape[1], dense=g)
+        return Zonotope.of_dense(self.c.copy(), gt, self.beta.copy())
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -116,20 +127,22 @@ def _prepare_scale(layer: Scale) -> tuple:
 
 def _dense(arrays: tuple, z: Zonotope) -> Zonotope:
     w, wt, aw, b = arrays
-    _, _, rad = z.bounds()
     if z.is_dense:
-        c, g, beta = K.dense_affine(z.c, z.dense, z.beta, rad, w, wt, aw, b)
+        c, gt, beta = K.dense_affine(z.c, z.gt, z.beta, w, wt, aw, b)
     else:
-        c, g, beta = K.csr_to_dense_affine(z.c, z.indptr, z.idx, z.val, z.beta, rad, z.m, wt, aw, b)
-    return Zonotope(c, beta, g.shape[1], dense=g)
+        _, _, rad = z.bounds()
+        c, gt, beta = K.csr_to_dense_affine(
+            z.c, z.indptr, z.idx, z.val, z.beta, rad, z.m, wt, aw, b
+        )
+    return Zonotope.of_dense(c, gt, beta)
 
 
 def _scale(arrays: tuple, z: Zonotope) -> Zonotope:
     a, b = arrays
     _, _, rad = z.bounds()
     if z.is_dense:
-        c, g, beta = K.dense_scale(z.c, z.dense, z.beta, rad, a, b)
-        return Zonotope(c, beta, z.m, dense=g)
+        c, gt, beta = K.dense_scale(z.c, z.gt, z.beta, rad, a, b)
+        return Zonotope.of_dense(c, gt, beta)
     c, val, beta = K.csr_scale(z.c, z.indptr, z.val, z.beta, rad, a, b)
     return Zonotope(c, beta, z.m, indptr=z.indptr, idx=z.idx, val=val)
 
@@ -139,8 +152,8 @@ def _activation(kind: int):
         lo, hi, rad = z.bounds()
         lam, mu, nu = K.relaxation(kind, lo, hi)
         if z.is_dense:
-            c, g, beta = K.dense_activation(z.c, z.dense, z.beta, rad, lam, mu, nu)
-            return Zonotope(c, beta, g.shape[1], dense=g)
+            c, gt, beta = K.dense_activation(z.c, z.gt, z.beta, rad, lam, mu, nu)
+            return Zonotope.of_dense(c, gt, beta)
         c, ptr, idx, val, beta, m, gsum = K.csr_activation(
             z.c, z.indptr, z.idx, z.val, z.beta, rad, z.row_sums(), z.m, lam, mu, nu
         )
@@ -173,7 +186,7 @@ def _maxpool(arrays: tuple, z: Zonotope) -> Zonotope:
 def _linear_lower(z: Zonotope, C: np.ndarray, d: np.ndarray) -> np.ndarray:
     z = z.to_dense()
     _, _, rad = z.bounds()
-    return dense_linear_lower(z.c, z.dense, z.beta, rad, C, d)
+    return dense_linear_lower(z.c, z.gt, z.beta, rad, C, d)
 
 
 def _bounds(z: Zonotope) -> tuple[np.ndarray, np.ndarray]:

@@ -3,8 +3,10 @@
 A zonotope over n neurons is  x = c + G e + d,  e in [-1, 1]^m,  |d_i| <= beta_i :
 a centre c, a generator matrix G and a per-neuron error box beta that absorbs every
 floating-point rounding error. G is kept sparse (CSR rows: indptr, idx, val) through
-convolutions and pools, where each neuron depends on few generators, and dense
-(n x m, row-major) through fully connected layers.
+convolutions and pools, where each neuron depends on few generators, and dense through fully
+connected layers, stored generator-major as gt = G^T (m x n, row-major): the products with a
+layer's weights are then one BLAS call of the shape it runs fastest, and every per-neuron
+loop runs over a contiguous row of gt.
 
 Why the float result is sound: every kernel bounds the rounding error of what it computes
 with the standard a-priori bound for a sum of n products, |fl(sum) - sum| <= gamma(n) *
@@ -131,34 +133,21 @@ def csr_abs_sums(indptr, val):
 
 
 @njit(cache=True, nogil=True)
-def abs_row_sums(G):
-    """sum_j |G[i, j]| per row, with four partial sums so the loop pipelines."""
-    n, m = G.shape
-    out = np.empty(n)
-    for i in range(n):
-        s0 = 0.0
-        s1 = 0.0
-        s2 = 0.0
-        s3 = 0.0
-        j = 0
-        while j + 4 <= m:
-            s0 += abs(G[i, j])
-            s1 += abs(G[i, j + 1])
-            s2 += abs(G[i, j + 2])
-            s3 += abs(G[i, j + 3])
-            j += 4
-        while j < m:
-            s0 += abs(G[i, j])
-            j += 1
-        out[i] = (s0 + s1) + (s2 + s3)
-    return out
+def col_abs_sums(gt, out):
+    """out[i] += sum_j |gt[j, i]|: the row sums of |G| for G stored generator-major."""
+    m, n = gt.shape
+    for j in range(m):
+        for i in range(n):
+            out[i] += abs(gt[j, i])
 
 
 @njit(cache=True, nogil=True)
-def dense_bounds(c, G, beta):
-    """Sound bounds for a dense zonotope; same contract as csr_bounds."""
-    n, m = G.shape
-    sums = abs_row_sums(G)
+def dense_bounds(c, gt, beta):
+    """Sound bounds for a dense zonotope (gt = G^T); same contract as csr_bounds."""
+    n = c.shape[0]
+    m = gt.shape[0]
+    sums = np.zeros(n)
+    col_abs_sums(gt, sums)
     lo = np.empty(n)
     hi = np.empty(n)
     rad = np.empty(n)
@@ -400,9 +389,9 @@ def csr_scale(c, indptr, val, beta, rad, a, b):
 
 @njit(cache=True, nogil=True)
 def csr_to_dense_affine(c, indptr, idx, val, beta, rad, m, wt_t, aw, bias):
-    """Dense layer applied to a CSR zonotope, giving a dense one over the used generators.
+    """Dense layer applied to a CSR zonotope, giving a dense one (gt) over the used generators.
 
-    wt_t is the weight transposed ([in, out]) so each non-zero adds one contiguous row.
+    wt_t is the weight transposed ([in, out]) so each non-zero adds one contiguous row of gt.
     """
     n_in, n_out = wt_t.shape
     col = np.full(m, -1, dtype=np.int64)
@@ -420,23 +409,7 @@ def csr_to_dense_affine(c, indptr, idx, val, beta, rad, m, wt_t, aw, bias):
             for i in range(n_out):
                 gt[r, i] += v * wt_t[k, i]
     out_c, out_beta = _affine_centre(c, beta, rad, wt_t, aw, bias)
-    return out_c, _transpose(gt), out_beta
-
-
-@njit(cache=True, nogil=True)
-def _transpose(a):
-    """a.T as a new row-major array, copied in cache-sized tiles."""
-    n, m = a.shape
-    out = np.empty((m, n))
-    b = 16
-    for i0 in range(0, n, b):
-        i1 = min(i0 + b, n)
-        for j0 in range(0, m, b):
-            j1 = min(j0 + b, m)
-            for j in range(j0, j1):
-                for i in range(i0, i1):
-                    out[j, i] = a[i, j]
-    return out
+    return out_c, gt, out_beta
 
 
 @njit(cache=True, nogil=True)
@@ -471,42 +444,43 @@ def _affine_centre(c, beta, rad, wt_t, aw, bias, extra=0):
 
 
 @njit(cache=True, nogil=True)
-def live_rows(G):
-    """Indices of the rows of G that have a non-zero entry (inactive ReLUs give zero rows)."""
-    n, m = G.shape
-    keep = np.empty(n, dtype=np.int64)
-    k = 0
+def dense_affine(c, gt, beta, weight, wt_t, aw, bias):
+    """Dense layer on a dense zonotope: gt' = gt W^T (BLAS, live neurons only), error in beta.
+
+    The input's radius is dense_bounds' (from the same column sums, which also tell the
+    neurons with no generator: a sum of |values| is 0.0 only when every value is).
+    """
+    m, n = gt.shape
+    sums = np.zeros(n)
+    col_abs_sums(gt, sums)
+    rad = np.empty(n)
     for i in range(n):
-        for j in range(m):
-            if G[i, j] != 0.0:
-                keep[k] = i
-                k += 1
-                break
-    return keep[:k]
-
-
-@njit(cache=True, nogil=True)
-def dense_affine(c, G, beta, rad, weight, wt_t, aw, bias):
-    """Dense layer on a dense zonotope: G' = W G (BLAS, live rows only), error into beta."""
-    keep = live_rows(G)
-    if keep.shape[0] == G.shape[0]:
-        out = np.dot(weight, G)
+        rad[i] = (widen_up(sums[i], m) + beta[i]) * (1.0 + 2.0 * U)
+    keep = np.nonzero(sums != 0.0)[0]
+    if keep.shape[0] == n:
+        out = np.dot(gt, wt_t)
     else:
-        out = np.dot(np.ascontiguousarray(weight[:, keep]), np.ascontiguousarray(G[keep]))
+        nk = keep.shape[0]
+        sub = np.empty((m, nk))
+        for j in range(m):
+            for t in range(nk):
+                sub[j, t] = gt[j, keep[t]]
+        out = np.dot(sub, np.ascontiguousarray(wt_t[keep]))
     out_c, out_beta = _affine_centre(c, beta, rad, wt_t, aw, bias)
     return out_c, out, out_beta
 
 
 @njit(cache=True, nogil=True)
-def dense_scale(c, G, beta, rad, a, b):
-    """Elementwise y = a x + b on a dense zonotope."""
-    n, m = G.shape
-    out = np.empty((n, m))
+def dense_scale(c, gt, beta, rad, a, b):
+    """Elementwise y = a x + b on a dense zonotope (gt = G^T)."""
+    m, n = gt.shape
+    out = np.empty((m, n))
+    for j in range(m):
+        for i in range(n):
+            out[j, i] = a[i] * gt[j, i]
     out_c = np.empty(n)
     out_beta = np.empty(n)
     for i in range(n):
-        for j in range(m):
-            out[i, j] = a[i] * G[i, j]
         out_c[i] = a[i] * c[i] + b[i]
         err = abs(a[i]) * (abs(c[i]) + rad[i]) + abs(b[i])
         out_beta[i] = (abs(a[i]) * beta[i] + 2.0 * gamma(2) * err) * (1.0 + 2.0 * U) + TINY
@@ -629,24 +603,26 @@ def csr_activation(c, indptr, idx, val, beta, rad, gsum_in, m, lam, mu, nu):
 
 
 @njit(cache=True, nogil=True)
-def dense_activation(c, G, beta, rad, lam, mu, nu):
-    """Apply per-neuron relaxations to a dense zonotope; new generators become new columns."""
-    n, m = G.shape
+def dense_activation(c, gt, beta, rad, lam, mu, nu):
+    """Apply per-neuron relaxations to a dense zonotope (gt = G^T); new generators become new
+    rows of gt."""
+    m, n = gt.shape
     n_new = 0
     for i in range(n):
         if nu[i] >= 0.0:
             n_new += 1
-    out = np.zeros((n, m + n_new))
+    out = np.empty((m + n_new, n))
+    for j in range(m):
+        for i in range(n):
+            out[j, i] = lam[i] * gt[j, i]
+    out[m:] = 0.0
     out_c = np.empty(n)
     out_beta = np.empty(n)
     nxt = m
     for i in range(n):
         s = lam[i]
-        if s != 0.0:
-            for j in range(m):
-                out[i, j] = s * G[i, j]
         if nu[i] >= 0.0:
-            out[i, nxt] = nu[i]
+            out[nxt, i] = nu[i]
             nxt += 1
         out_c[i] = s * c[i] + mu[i]
         err = s * (abs(c[i]) + rad[i]) + abs(mu[i])
@@ -659,7 +635,7 @@ def dense_activation(c, G, beta, rad, lam, mu, nu):
 
 @njit(cache=True, nogil=True)
 def dense_to_csr(G):
-    """CSR rows of a dense generator matrix, dropping zero entries."""
+    """CSR rows of a dense generator matrix G (n x m, not gt), dropping zero entries."""
     n, m = G.shape
     nnz = 0
     for i in range(n):

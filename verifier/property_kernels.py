@@ -1,5 +1,6 @@
 """DeepZono's property: lower bounds of linear functions C y + d of a dense zonotope y, and
 the fused kernel that runs a whole Dense/activation chain and the property in one call.
+Dense generator matrices are generator-major (gt = G^T, as in verifier.kernels).
 
 Rounding of the property: with k inputs per row, fl(C G) differs from C G by at most
 gamma(k) |C| |G| entrywise, whose row sums are bounded by gamma(k) |C| rad (rad bounds the
@@ -16,7 +17,7 @@ from verifier.kernels import (
     TINY,
     U,
     _affine_centre,
-    abs_row_sums,
+    col_abs_sums,
     gamma,
     relaxation,
     widen_up,
@@ -24,35 +25,10 @@ from verifier.kernels import (
 
 
 @njit(cache=True, nogil=True)
-def dense_linear_lower(c, G, beta, rad, C, d):
-    """Sound lower bounds of C y + d over y = c + G e + delta, |e| <= 1, |delta| <= beta."""
-    k_out, n = C.shape
-    m = G.shape[1]
-    rows = np.dot(C, G)
-    sums = abs_row_sums(rows)
-    g = gamma(n + 1)
-    res = np.empty(k_out)
-    for i in range(k_out):
-        centre = d[i]
-        absum = abs(d[i])
-        slack = 0.0
-        for k in range(n):
-            a = abs(C[i, k])
-            centre += C[i, k] * c[k]
-            absum += a * abs(c[k])
-            slack += a * (beta[k] + g * rad[k])
-        total = widen_up(sums[i], m) + (slack + g * absum) * (1.0 + 2.0 * g) + (n + 2) * TINY
-        res[i] = centre - total - (abs(centre) + total) * 2.0 * U - TINY
-    return res
-
-
-@njit(cache=True, nogil=True)
-def _col_abs_sums(Gt, out):
-    """out[i] += sum_j |Gt[j, i]| (the row sums of |G| for G stored transposed)."""
-    m, n = Gt.shape
-    for j in range(m):
-        for i in range(n):
-            out[i] += abs(Gt[j, i])
+def dense_linear_lower(c, gt, beta, rad, C, d):
+    """Sound lower bounds of C y + d over y = c + G e + delta, |e| <= 1, |delta| <= beta
+    (gt = G^T, generator-major)."""
+    return _split_linear_lower(c, gt, np.zeros((0, c.shape[0])), beta, rad, C, d)
 
 
 @njit(cache=True, nogil=True)
@@ -61,8 +37,8 @@ def _split_bounds(c, At, Et, beta):
     n = c.shape[0]
     m = At.shape[0] + Et.shape[0]
     sums = np.zeros(n)
-    _col_abs_sums(At, sums)
-    _col_abs_sums(Et, sums)
+    col_abs_sums(At, sums)
+    col_abs_sums(Et, sums)
     lo = np.empty(n)
     hi = np.empty(n)
     rad = np.empty(n)
@@ -162,9 +138,9 @@ def _split_linear_lower(c, At, Et, beta, rad, C, d):
     m = At.shape[0] + Et.shape[0]
     ct = np.ascontiguousarray(C.T)
     sums = np.zeros(k_out)
-    _col_abs_sums(np.dot(At, ct), sums)
+    col_abs_sums(np.dot(At, ct), sums)
     if Et.shape[0] > 0:
-        _col_abs_sums(np.dot(Et, ct), sums)
+        col_abs_sums(np.dot(Et, ct), sums)
     g = gamma(n + 1)
     res = np.empty(k_out)
     for i in range(k_out):
