@@ -4,9 +4,10 @@ A state is a `Zonotope`. Its generator matrix is sparse (CSR) from the input thr
 convolutions and pools, where each neuron depends on few generators, and dense through fully
 connected layers (dropping every generator no neuron uses; held generator-major, so `dense`
 is the n x m transposed view of a row-major m x n array). Networks that are a chain of
-Dense/activation layers take a fused kernel (property_kernels.dense_chain_lower): the same
-arithmetic as the walk, in one GIL-free call. Why the results are sound in floating point:
-the docstrings of verifier.kernels, verifier.pool_kernels and verifier.property_kernels.
+Dense/activation layers take a fused kernel (property_kernels.dense_chain_lower): the walk's
+arithmetic with each activation folded into the next dense layer, in one GIL-free call. Why
+the results are sound in floating point: the docstrings of verifier.kernels,
+verifier.pool_kernels and verifier.property_kernels.
 """
 
 from __future__ import annotations
