@@ -2,10 +2,12 @@
 
 A state is a `Zonotope`. Its generator matrix is sparse (CSR) from the input through
 convolutions and pools, where each neuron depends on few generators, and dense through fully
-connected layers (dropping every generator no neuron uses). Networks that are a chain of
-Dense/activation layers take a fused kernel (property_kernels.dense_chain_lower): the same
-arithmetic as the walk, in one GIL-free call. Why the results are sound in floating point:
-the docstrings of verifier.kernels, verifier.pool_kernels and verifier.property_kernels.
+connected layers (dropping every generator no neuron uses; held generator-major, so `dense`
+is the n x m transposed view of a row-major m x n array). Networks that are a chain of
+Dense/activation layers take a fused kernel (property_kernels.dense_chain_lower): the walk's
+arithmetic with each activation folded into the next dense layer, in one GIL-free call. Why
+the results are sound in floating point: the docstrings of verifier.kernels,
+verifier.pool_kernels and verifier.property_kernels.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ ACTIVATION_KIND = {Relu: 0, Sigmoid: 1, Tanh: 2}
 
 @dataclass
 class Zonotope:
-    """Centre c, generators (CSR rows or a dense matrix), error box beta; m generator ids."""
+    """Centre c, generators (CSR rows or a dense matrix), error box beta; m generator ids.
+
+    gsum, when the kernel that made a CSR zonotope knew it: an upper bound of the exact sum
+    of |generators| of every row, so bounds need not sweep the rows again.
+    """
 
     c: np.ndarray
     beta: np.ndarray
@@ -35,6 +41,7 @@ class Zonotope:
     indptr: np.ndarray | None = None
     idx: np.ndarray | None = None
     val: np.ndarray | None = None
+    gsum: np.ndarray | None = None
 
     @classmethod
     def from_box(cls, box: InputBox) -> Zonotope:
@@ -42,20 +49,38 @@ class Zonotope:
         c, ptr, idx, val = K.box_to_csr(box.lower, box.upper)
         return cls(c=c, beta=np.zeros(c.shape[0]), m=c.shape[0], indptr=ptr, idx=idx, val=val)
 
+    @classmethod
+    def of_dense(cls, c: np.ndarray, gt: np.ndarray, beta: np.ndarray) -> Zonotope:
+        """A dense zonotope from its generator-major matrix gt (m x n)."""
+        return cls(c, beta, gt.shape[0], dense=gt.T)
+
     @property
     def is_dense(self) -> bool:
         return self.dense is not None
 
+    @property
+    def gt(self) -> np.ndarray:
+        """The dense generators, generator-major and row-major (m x n)."""
+        return np.ascontiguousarray(self.dense.T)
+
     def bounds(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sound (lower, upper, radius) per neuron."""
         if self.is_dense:
-            return K.dense_bounds(self.c, self.dense, self.beta)
+            return K.dense_bounds(self.c, self.gt, self.beta)
+        if self.gsum is not None:
+            return K.bounds_from_sums(self.c, self.gsum, self.beta)
         return K.csr_bounds(self.c, self.indptr, self.val, self.beta)
+
+    def row_sums(self) -> np.ndarray:
+        """gsum of a CSR zonotope (computed when its kernel did not give it)."""
+        if self.gsum is not None:
+            return self.gsum
+        return K.csr_abs_sums(self.indptr, self.val)
 
     def to_csr(self) -> Zonotope:
         if not self.is_dense:
             return self
-        ptr, idx, val = K.dense_to_csr(self.dense)
+        ptr, idx, val = K.dense_to_csr(np.ascontiguousarray(self.dense))
         return Zonotope(self.c, self.beta, self.dense.shape[1], indptr=ptr, idx=idx, val=val)
 
     def to_dense(self) -> Zonotope:
@@ -63,11 +88,11 @@ class Zonotope:
             return self
         n = self.c.shape[0]
         eye = np.eye(n)
-        _, g, _ = K.csr_to_dense_affine(
+        _, gt, _ = K.csr_to_dense_affine(
             self.c, self.indptr, self.idx, self.val, self.beta, np.zeros(n), self.m,
             eye, eye, np.zeros(n),
         )  # the identity layer: every product is exact, so c and beta carry over
-        return Zonotope(self.c.copy(), self.beta.copy(), g.shape[1], dense=g)
+        return Zonotope.of_dense(self.c.copy(), gt, self.beta.copy())
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -79,14 +104,12 @@ def _prepare_dense(layer: Dense) -> tuple:
 
 
 def _prepare_conv(layer: Conv) -> tuple:
-    return (
+    tap_k, wtap = K.conv_taps(
         np.ascontiguousarray(layer.weight, dtype=np.float64),
-        np.asarray(layer.bias, np.float64),
-        np.array(layer.in_shape, np.int64),
-        np.array(layer.out_shape, np.int64),
-        np.array(layer.stride, np.int64),
-        np.array(layer.pads, np.int64),
+        *(np.array(v, np.int64) for v in (layer.in_shape, layer.out_shape, layer.stride,
+                                          layer.pads)),
     )
+    return tap_k, wtap, np.asarray(layer.bias, np.float64)
 
 
 def _prepare_pool(layer: MaxPool) -> tuple:
@@ -105,20 +128,22 @@ def _prepare_scale(layer: Scale) -> tuple:
 
 def _dense(arrays: tuple, z: Zonotope) -> Zonotope:
     w, wt, aw, b = arrays
-    _, _, rad = z.bounds()
     if z.is_dense:
-        c, g, beta = K.dense_affine(z.c, z.dense, z.beta, rad, w, wt, aw, b)
+        c, gt, beta = K.dense_affine(z.c, z.gt, z.beta, w, wt, aw, b)
     else:
-        c, g, beta = K.csr_to_dense_affine(z.c, z.indptr, z.idx, z.val, z.beta, rad, z.m, wt, aw, b)
-    return Zonotope(c, beta, g.shape[1], dense=g)
+        _, _, rad = z.bounds()
+        c, gt, beta = K.csr_to_dense_affine(
+            z.c, z.indptr, z.idx, z.val, z.beta, rad, z.m, wt, aw, b
+        )
+    return Zonotope.of_dense(c, gt, beta)
 
 
 def _scale(arrays: tuple, z: Zonotope) -> Zonotope:
     a, b = arrays
     _, _, rad = z.bounds()
     if z.is_dense:
-        c, g, beta = K.dense_scale(z.c, z.dense, z.beta, rad, a, b)
-        return Zonotope(c, beta, z.m, dense=g)
+        c, gt, beta = K.dense_scale(z.c, z.gt, z.beta, rad, a, b)
+        return Zonotope.of_dense(c, gt, beta)
     c, val, beta = K.csr_scale(z.c, z.indptr, z.val, z.beta, rad, a, b)
     return Zonotope(c, beta, z.m, indptr=z.indptr, idx=z.idx, val=val)
 
@@ -128,12 +153,12 @@ def _activation(kind: int):
         lo, hi, rad = z.bounds()
         lam, mu, nu = K.relaxation(kind, lo, hi)
         if z.is_dense:
-            c, g, beta = K.dense_activation(z.c, z.dense, z.beta, rad, lam, mu, nu)
-            return Zonotope(c, beta, g.shape[1], dense=g)
-        c, ptr, idx, val, beta, m = K.csr_activation(
-            z.c, z.indptr, z.idx, z.val, z.beta, rad, z.m, lam, mu, nu
+            c, gt, beta = K.dense_activation(z.c, z.gt, z.beta, rad, lam, mu, nu)
+            return Zonotope.of_dense(c, gt, beta)
+        c, ptr, idx, val, beta, m, gsum = K.csr_activation(
+            z.c, z.indptr, z.idx, z.val, z.beta, rad, z.row_sums(), z.m, lam, mu, nu
         )
-        return Zonotope(c, beta, m, indptr=ptr, idx=idx, val=val)
+        return Zonotope(c, beta, m, indptr=ptr, idx=idx, val=val, gsum=gsum)
 
     return transfer
 
@@ -141,17 +166,19 @@ def _activation(kind: int):
 def _conv(arrays: tuple, z: Zonotope) -> Zonotope:
     z = z.to_csr()
     _, _, rad = z.bounds()
-    c, ptr, idx, val, beta = K.csr_conv(z.c, z.indptr, z.idx, z.val, z.beta, rad, z.m, *arrays)
-    return Zonotope(c, beta, z.m, indptr=ptr, idx=idx, val=val)
+    c, ptr, idx, val, beta, gsum = K.csr_conv(
+        z.c, z.indptr, z.idx, z.val, z.beta, rad, z.m, *arrays
+    )
+    return Zonotope(c, beta, z.m, indptr=ptr, idx=idx, val=val, gsum=gsum)
 
 
 def _maxpool(arrays: tuple, z: Zonotope) -> Zonotope:
     z = z.to_csr()
     lo, hi, _ = z.bounds()
-    c, ptr, idx, val, beta, m = csr_maxpool(
-        z.c, z.indptr, z.idx, z.val, z.beta, lo, hi, z.m, *arrays
+    c, ptr, idx, val, beta, m, gsum = csr_maxpool(
+        z.c, z.indptr, z.idx, z.val, z.beta, lo, hi, z.row_sums(), z.m, *arrays
     )
-    return Zonotope(c, beta, m, indptr=ptr, idx=idx, val=val)
+    return Zonotope(c, beta, m, indptr=ptr, idx=idx, val=val, gsum=gsum)
 
 
 # ----------------------------------------------------------------------------- property
@@ -160,7 +187,7 @@ def _maxpool(arrays: tuple, z: Zonotope) -> Zonotope:
 def _linear_lower(z: Zonotope, C: np.ndarray, d: np.ndarray) -> np.ndarray:
     z = z.to_dense()
     _, _, rad = z.bounds()
-    return dense_linear_lower(z.c, z.dense, z.beta, rad, C, d)
+    return dense_linear_lower(z.c, z.gt, z.beta, rad, C, d)
 
 
 def _bounds(z: Zonotope) -> tuple[np.ndarray, np.ndarray]:

@@ -3,8 +3,10 @@
 A zonotope over n neurons is  x = c + G e + d,  e in [-1, 1]^m,  |d_i| <= beta_i :
 a centre c, a generator matrix G and a per-neuron error box beta that absorbs every
 floating-point rounding error. G is kept sparse (CSR rows: indptr, idx, val) through
-convolutions and pools, where each neuron depends on few generators, and dense
-(n x m, row-major) through fully connected layers.
+convolutions and pools, where each neuron depends on few generators, and dense through fully
+connected layers, stored generator-major as gt = G^T (m x n, row-major): the products with a
+layer's weights are then one BLAS call of the shape it runs fastest, and every per-neuron
+loop runs over a contiguous row of gt.
 
 Why the float result is sound: every kernel bounds the rounding error of what it computes
 with the standard a-priori bound for a sum of n products, |fl(sum) - sum| <= gamma(n) *
@@ -103,34 +105,49 @@ def csr_bounds(c, indptr, val, beta):
 
 
 @njit(cache=True, nogil=True)
-def abs_row_sums(G):
-    """sum_j |G[i, j]| per row, with four partial sums so the loop pipelines."""
-    n, m = G.shape
+def bounds_from_sums(c, gsum, beta):
+    """csr_bounds when the producing kernel already gave gsum >= the exact sum |G| per row."""
+    n = c.shape[0]
+    lo = np.empty(n)
+    hi = np.empty(n)
+    rad = np.empty(n)
+    for i in range(n):
+        r = (gsum[i] + beta[i]) * (1.0 + 2.0 * U)
+        rad[i] = r
+        lo[i] = (c[i] - r) - (abs(c[i]) + r) * 2.0 * U - TINY
+        hi[i] = (c[i] + r) + (abs(c[i]) + r) * 2.0 * U + TINY
+    return lo, hi, rad
+
+
+@njit(cache=True, nogil=True)
+def csr_abs_sums(indptr, val):
+    """An upper bound of the exact sum |G| of every CSR row (the gsum the kernels return)."""
+    n = indptr.shape[0] - 1
     out = np.empty(n)
     for i in range(n):
-        s0 = 0.0
-        s1 = 0.0
-        s2 = 0.0
-        s3 = 0.0
-        j = 0
-        while j + 4 <= m:
-            s0 += abs(G[i, j])
-            s1 += abs(G[i, j + 1])
-            s2 += abs(G[i, j + 2])
-            s3 += abs(G[i, j + 3])
-            j += 4
-        while j < m:
-            s0 += abs(G[i, j])
-            j += 1
-        out[i] = (s0 + s1) + (s2 + s3)
+        s = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            s += abs(val[p])
+        out[i] = widen_up(s, indptr[i + 1] - indptr[i])
     return out
 
 
 @njit(cache=True, nogil=True)
-def dense_bounds(c, G, beta):
-    """Sound bounds for a dense zonotope; same contract as csr_bounds."""
-    n, m = G.shape
-    sums = abs_row_sums(G)
+def col_abs_sums(gt, out):
+    """out[i] += sum_j |gt[j, i]|: the row sums of |G| for G stored generator-major."""
+    m, n = gt.shape
+    for j in range(m):
+        for i in range(n):
+            out[i] += abs(gt[j, i])
+
+
+@njit(cache=True, nogil=True)
+def dense_bounds(c, gt, beta):
+    """Sound bounds for a dense zonotope (gt = G^T); same contract as csr_bounds."""
+    n = c.shape[0]
+    m = gt.shape[0]
+    sums = np.zeros(n)
+    col_abs_sums(gt, sums)
     lo = np.empty(n)
     hi = np.empty(n)
     rad = np.empty(n)
@@ -147,19 +164,14 @@ def dense_bounds(c, G, beta):
 
 
 @njit(cache=True, nogil=True)
-def csr_conv(c, indptr, idx, val, beta, rad, m, weight, bias, in_shape, out_shape, stride, pads):
-    """Convolution of a CSR zonotope.
-
-    All output channels at one position read the same input window, so the window's
-    generators are gathered once per position (their union gives the row pattern shared by
-    the channels) and each non-zero is applied to every channel in one contiguous loop.
-    """
+def conv_taps(weight, in_shape, out_shape, stride, pads):
+    """Per output position, the input neuron of every tap (-1 in padding), and the weight per
+    tap contiguous over output channels: derived once per network (deepzono's prepare)."""
     ci_n, h, w = in_shape[0], in_shape[1], in_shape[2]
     co_n, oh, ow = out_shape[0], out_shape[1], out_shape[2]
     kh, kw = weight.shape[2], weight.shape[3]
     sh, sw, pt, pl = stride[0], stride[1], pads[0], pads[1]
     npos = oh * ow
-    # the taps of each position: input neuron index and weight-column index
     ntap = kh * kw * ci_n
     tap_k = np.full((npos, ntap), -1, dtype=np.int64)
     for y in range(oh):
@@ -173,7 +185,7 @@ def csr_conv(c, indptr, idx, val, beta, rad, m, weight, bias, in_shape, out_shap
                         if 0 <= iy < h and 0 <= ix < w:
                             tap_k[y * ow + x, t] = (ci * h + iy) * w + ix
                         t += 1
-    wtap = np.empty((ntap, co_n))  # weight per tap, contiguous over output channels
+    wtap = np.empty((ntap, co_n))
     for co in range(co_n):
         t = 0
         for ky in range(kh):
@@ -181,6 +193,113 @@ def csr_conv(c, indptr, idx, val, beta, rad, m, weight, bias, in_shape, out_shap
                 for ci in range(ci_n):
                     wtap[t, co] = weight[co, ci, ky, kx]
                     t += 1
+    return tap_k, wtap
+
+
+@njit(cache=True, nogil=True)
+def _one_generator_each(indptr, idx):
+    """Whether every row has at most one generator and no two rows share one (an input box)."""
+    last = -1
+    for i in range(indptr.shape[0] - 1):
+        if indptr[i + 1] - indptr[i] > 1:
+            return False
+        if indptr[i + 1] > indptr[i]:
+            if idx[indptr[i]] <= last:
+                return False
+            last = idx[indptr[i]]
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _conv_centre(c, beta, rad, tap_k, wtap, bias):
+    """Centre, error box (before generators) of every output of a convolution (im2col).
+
+    The taps' centres times W, and (|c| + rad), beta times |W| (padding taps give 0); with the
+    bias one more term, the rounding is within gamma(ntap + 1) like the taps' own sums.
+    """
+    npos, ntap = tap_k.shape
+    co_n = wtap.shape[1]
+    xc = np.zeros((npos, ntap))
+    xa = np.zeros((npos, ntap))
+    xb = np.zeros((npos, ntap))
+    for pos in range(npos):
+        for t in range(ntap):
+            k = tap_k[pos, t]
+            if k >= 0:
+                xc[pos, t] = c[k]
+                xa[pos, t] = abs(c[k]) + rad[k]
+                xb[pos, t] = beta[k]
+    awtap = np.abs(wtap)
+    cc = np.dot(xc, wtap)
+    err = np.dot(xa, awtap)
+    bsum = np.dot(xb, awtap)
+    g = gamma(ntap + 1)
+    out_c = np.empty(co_n * npos)
+    out_beta = np.empty(co_n * npos)
+    for co in range(co_n):
+        for pos in range(npos):
+            o = co * npos + pos
+            out_c[o] = cc[pos, co] + bias[co]
+            e = err[pos, co] + abs(bias[co])
+            out_beta[o] = (bsum[pos, co] + g * e) * (1.0 + 2.0 * g) + ntap * TINY
+    return out_c, out_beta
+
+
+@njit(cache=True, nogil=True)
+def _conv_distinct(c, indptr, idx, val, beta, rad, tap_k, wtap, bias):
+    """csr_conv when no two input rows share a generator and each has at most one: every
+    output entry is a single product w v, written in tap order (as csr_conv would)."""
+    npos, ntap = tap_k.shape
+    co_n = wtap.shape[1]
+    n_out = co_n * npos
+    cnt = np.zeros(npos, dtype=np.int64)
+    for pos in range(npos):
+        for t in range(ntap):
+            k = tap_k[pos, t]
+            if k >= 0 and indptr[k + 1] > indptr[k]:
+                cnt[pos] += 1
+    out_ptr = np.empty(n_out + 1, dtype=np.int64)
+    out_ptr[0] = 0
+    for co in range(co_n):
+        for pos in range(npos):
+            o = co * npos + pos
+            out_ptr[o + 1] = out_ptr[o] + cnt[pos]
+    out_idx = np.empty(out_ptr[n_out], dtype=np.int64)
+    out_val = np.empty(out_ptr[n_out])
+    gsum = np.empty(n_out)
+    for co in range(co_n):
+        for pos in range(npos):
+            o = co * npos + pos
+            p = out_ptr[o]
+            s = 0.0
+            for t in range(ntap):
+                k = tap_k[pos, t]
+                if k >= 0 and indptr[k + 1] > indptr[k]:
+                    q = indptr[k]
+                    v = wtap[t, co] * val[q]
+                    out_idx[p] = idx[q]
+                    out_val[p] = v
+                    s += abs(v)
+                    p += 1
+            gsum[o] = widen_up(s, cnt[pos])
+    out_c, out_beta = _conv_centre(c, beta, rad, tap_k, wtap, bias)
+    return out_c, out_ptr, out_idx, out_val, out_beta, gsum
+
+
+@njit(cache=True, nogil=True)
+def csr_conv(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias):
+    """Convolution of a CSR zonotope; tap_k, wtap from conv_taps.
+
+    All output channels at one position read the same input window, so the window's
+    generators are gathered once per position (their union gives the row pattern shared by
+    the channels) and each non-zero is applied to every channel in one contiguous loop.
+    Also returns gsum, a sound upper bound of each output row's sum |G| (widen_up of the sum
+    of the stored values), computed as the row is written.
+    """
+    npos, ntap = tap_k.shape
+    co_n = wtap.shape[1]
+    if _one_generator_each(indptr, idx):
+        return _conv_distinct(c, indptr, idx, val, beta, rad, tap_k, wtap, bias)
     # pass 1: size of the generator union of each position's window
     seen = np.full(m, -1, dtype=np.int64)
     usize = np.zeros(npos, dtype=np.int64)
@@ -205,8 +324,7 @@ def csr_conv(c, indptr, idx, val, beta, rad, m, weight, bias, in_shape, out_shap
             out_ptr[o + 1] = out_ptr[o] + usize[pos]
     out_idx = np.empty(out_ptr[n_out], dtype=np.int64)
     out_val = np.empty(out_ptr[n_out])
-    out_c = np.empty(n_out)
-    out_beta = np.empty(n_out)
+    gsum = np.empty(n_out)
     umax = 1
     for pos in range(npos):
         umax = max(umax, usize[pos])
@@ -214,34 +332,16 @@ def csr_conv(c, indptr, idx, val, beta, rad, m, weight, bias, in_shape, out_shap
     ids = np.empty(umax, dtype=np.int64)
     slot = np.empty(m, dtype=np.int64)
     seen[:] = -1
-    cc = np.empty(co_n)
-    absc = np.empty(co_n)
-    err = np.empty(co_n)
-    bsum = np.empty(co_n)
-    g = gamma(ntap + 1)
+    ssum = np.empty(co_n)
+    p0s = np.empty(co_n, dtype=np.int64)
+    out_c, out_beta = _conv_centre(c, beta, rad, tap_k, wtap, bias)
     # pass 2: accumulate every channel of a position at once
     for pos in range(npos):
         nu = 0
-        for co in range(co_n):
-            cc[co] = bias[co]
-            absc[co] = abs(bias[co])
-            err[co] = 0.0
-            bsum[co] = 0.0
         for t in range(ntap):
             k = tap_k[pos, t]
             if k < 0:
                 continue
-            ck = c[k]
-            ack = abs(ck)
-            rk = rad[k]
-            bk = beta[k]
-            for co in range(co_n):
-                wv = wtap[t, co]
-                aw = abs(wv)
-                cc[co] += wv * ck
-                absc[co] += aw * ack
-                err[co] += aw * rk
-                bsum[co] += aw * bk
             for q in range(indptr[k], indptr[k + 1]):
                 j = idx[q]
                 if seen[j] != pos:
@@ -256,14 +356,19 @@ def csr_conv(c, indptr, idx, val, beta, rad, m, weight, bias, in_shape, out_shap
                 for co in range(co_n):
                     buf[sj, co] += wtap[t, co] * v
         for co in range(co_n):
+            p0s[co] = out_ptr[co * npos + pos]
+            ssum[co] = 0.0
+        for u in range(nu):  # channels inner: independent sums, sequential streams
+            j = ids[u]
+            for co in range(co_n):
+                v = buf[u, co]
+                out_idx[p0s[co] + u] = j
+                out_val[p0s[co] + u] = v
+                ssum[co] += abs(v)
+        for co in range(co_n):
             o = co * npos + pos
-            p0 = out_ptr[o]
-            for u in range(nu):
-                out_idx[p0 + u] = ids[u]
-                out_val[p0 + u] = buf[u, co]
-            out_c[o] = cc[co]
-            out_beta[o] = (bsum[co] + g * (absc[co] + err[co])) * (1.0 + 2.0 * g) + ntap * TINY
-    return out_c, out_ptr, out_idx, out_val, out_beta
+            gsum[o] = widen_up(ssum[co], nu)
+    return out_c, out_ptr, out_idx, out_val, out_beta, gsum
 
 
 @njit(cache=True, nogil=True)
@@ -282,18 +387,11 @@ def csr_scale(c, indptr, val, beta, rad, a, b):
     return out_c, out_val, out_beta
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _axpy(a, x, y):
-    """y += a x on contiguous vectors (a loop LLVM vectorises)."""
-    for i in range(x.shape[0]):
-        y[i] += a * x[i]
-
-
 @njit(cache=True, nogil=True)
 def csr_to_dense_affine(c, indptr, idx, val, beta, rad, m, wt_t, aw, bias):
-    """Dense layer applied to a CSR zonotope, giving a dense one over the used generators.
+    """Dense layer applied to a CSR zonotope, giving a dense one (gt) over the used generators.
 
-    wt_t is the weight transposed ([in, out]) so each non-zero adds one contiguous row.
+    wt_t is the weight transposed ([in, out]) so each non-zero adds one contiguous row of gt.
     """
     n_in, n_out = wt_t.shape
     col = np.full(m, -1, dtype=np.int64)
@@ -304,72 +402,85 @@ def csr_to_dense_affine(c, indptr, idx, val, beta, rad, m, wt_t, aw, bias):
             col[j] = mu
             mu += 1
     gt = np.zeros((mu, n_out))
-    for k in range(n_in):
-        wrow = wt_t[k]
+    for k in range(n_in):  # indices, not row views: a view per non-zero costs refcounting
         for q in range(indptr[k], indptr[k + 1]):
-            _axpy(val[q], wrow, gt[col[idx[q]]])
+            r = col[idx[q]]
+            v = val[q]
+            for i in range(n_out):
+                gt[r, i] += v * wt_t[k, i]
     out_c, out_beta = _affine_centre(c, beta, rad, wt_t, aw, bias)
-    return out_c, np.ascontiguousarray(gt.T), out_beta
+    return out_c, gt, out_beta
 
 
 @njit(cache=True, nogil=True)
-def _affine_centre(c, beta, rad, wt_t, aw, bias):
-    """Centre and error box of y = W x + b, with W given transposed and |W| as aw [out, in]."""
+def _affine_centre(c, beta, rad, wt_t, aw, bias, extra=0):
+    """Centre and error box of y = W x + b, with W given transposed ([in, out]).
+
+    The error box covers the rounding of the centre and of generators computed as W G with
+    gamma(n_in + 1); `extra` more roundings per product (e.g. W pre-scaled by a diagonal)
+    raise it to gamma(n_in + 1 + extra). Every sum runs over the inputs with the outputs in
+    the inner loop (independent accumulators that vectorise); the bounds hold in any order.
+    aw (|W|, [out, in]) is kept in the signature for the callers; |wt_t| is used instead.
+    """
     n_in, n_out = wt_t.shape
     out_c = bias.copy()
+    bsum = np.zeros(n_out)
+    err = np.abs(bias)
     for k in range(n_in):
         ck = c[k]
+        bk = beta[k]
+        vk = abs(ck) + rad[k]
         for i in range(n_out):
-            out_c[i] += wt_t[k, i] * ck
-    g = gamma(n_in + 1)
+            w = wt_t[k, i]
+            a = abs(w)
+            out_c[i] += w * ck
+            bsum[i] += a * bk
+            err[i] += a * vk
+    g = gamma(n_in + 1 + extra)
     out_beta = np.empty(n_out)
     for i in range(n_out):
-        bsum = 0.0
-        err = abs(bias[i])
-        for k in range(n_in):
-            bsum += aw[i, k] * beta[k]
-            err += aw[i, k] * (abs(c[k]) + rad[k])
-        out_beta[i] = (bsum + g * err) * (1.0 + 2.0 * g) + (n_in + 1) * TINY
+        out_beta[i] = (bsum[i] + g * err[i]) * (1.0 + 2.0 * g) + (n_in + 1) * (1 + extra) * TINY
     return out_c, out_beta
 
 
 @njit(cache=True, nogil=True)
-def live_rows(G):
-    """Indices of the rows of G that have a non-zero entry (inactive ReLUs give zero rows)."""
-    n, m = G.shape
-    keep = np.empty(n, dtype=np.int64)
-    k = 0
+def dense_affine(c, gt, beta, weight, wt_t, aw, bias):
+    """Dense layer on a dense zonotope: gt' = gt W^T (BLAS, live neurons only), error in beta.
+
+    The input's radius is dense_bounds' (from the same column sums, which also tell the
+    neurons with no generator: a sum of |values| is 0.0 only when every value is).
+    """
+    m, n = gt.shape
+    sums = np.zeros(n)
+    col_abs_sums(gt, sums)
+    rad = np.empty(n)
     for i in range(n):
-        for j in range(m):
-            if G[i, j] != 0.0:
-                keep[k] = i
-                k += 1
-                break
-    return keep[:k]
-
-
-@njit(cache=True, nogil=True)
-def dense_affine(c, G, beta, rad, weight, wt_t, aw, bias):
-    """Dense layer on a dense zonotope: G' = W G (BLAS, live rows only), error into beta."""
-    keep = live_rows(G)
-    if keep.shape[0] == G.shape[0]:
-        out = np.dot(weight, G)
+        rad[i] = (widen_up(sums[i], m) + beta[i]) * (1.0 + 2.0 * U)
+    keep = np.nonzero(sums != 0.0)[0]
+    if keep.shape[0] == n:
+        out = np.dot(gt, wt_t)
     else:
-        out = np.dot(np.ascontiguousarray(weight[:, keep]), np.ascontiguousarray(G[keep]))
+        nk = keep.shape[0]
+        sub = np.empty((m, nk))
+        for j in range(m):
+            for t in range(nk):
+                sub[j, t] = gt[j, keep[t]]
+        out = np.dot(sub, np.ascontiguousarray(wt_t[keep]))
     out_c, out_beta = _affine_centre(c, beta, rad, wt_t, aw, bias)
     return out_c, out, out_beta
 
 
 @njit(cache=True, nogil=True)
-def dense_scale(c, G, beta, rad, a, b):
-    """Elementwise y = a x + b on a dense zonotope."""
-    n, m = G.shape
-    out = np.empty((n, m))
+def dense_scale(c, gt, beta, rad, a, b):
+    """Elementwise y = a x + b on a dense zonotope (gt = G^T)."""
+    m, n = gt.shape
+    out = np.empty((m, n))
+    for j in range(m):
+        for i in range(n):
+            out[j, i] = a[i] * gt[j, i]
     out_c = np.empty(n)
     out_beta = np.empty(n)
     for i in range(n):
-        for j in range(m):
-            out[i, j] = a[i] * G[i, j]
         out_c[i] = a[i] * c[i] + b[i]
         err = abs(a[i]) * (abs(c[i]) + rad[i]) + abs(b[i])
         out_beta[i] = (abs(a[i]) * beta[i] + 2.0 * gamma(2) * err) * (1.0 + 2.0 * U) + TINY
@@ -444,8 +555,13 @@ def relaxation(kind, lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def csr_activation(c, indptr, idx, val, beta, rad, m, lam, mu, nu):
-    """Apply per-neuron relaxations to a CSR zonotope; crossing neurons get a new generator."""
+def csr_activation(c, indptr, idx, val, beta, rad, gsum_in, m, lam, mu, nu):
+    """Apply per-neuron relaxations to a CSR zonotope; crossing neurons get a new generator.
+
+    Also returns gsum (see csr_conv) of the output rows from the input's: each stored
+    fl(s v) is at most (1 + U) s |v|, so sum |fl(s v)| <= (1 + U) s gsum_in, which
+    fl(fl(s gsum_in)(1 + 4U)) + TINY bounds; adding the new generator nu is widened by 4U.
+    """
     n = c.shape[0]
     n_new = 0
     nnz = 0
@@ -462,44 +578,51 @@ def csr_activation(c, indptr, idx, val, beta, rad, m, lam, mu, nu):
     p = 0
     nxt = m
     out_ptr[0] = 0
+    gsum = np.empty(n)
     for i in range(n):
         s = lam[i]
+        ssum = 0.0
         if s != 0.0:
             for q in range(indptr[i], indptr[i + 1]):
                 out_idx[p] = idx[q]
                 out_val[p] = s * val[q]
                 p += 1
+            ssum = (s * gsum_in[i]) * (1.0 + 4.0 * U) + TINY
         if nu[i] >= 0.0:
             out_idx[p] = nxt
             out_val[p] = nu[i]
+            ssum = (ssum + nu[i]) * (1.0 + 4.0 * U)
             nxt += 1
             p += 1
         out_ptr[i + 1] = p
+        gsum[i] = ssum
         out_c[i] = s * c[i] + mu[i]
         err = s * (abs(c[i]) + rad[i]) + abs(mu[i])
         out_beta[i] = (s * beta[i] + 2.0 * gamma(2) * err) * (1.0 + 2.0 * U) + TINY
-    return out_c, out_ptr, out_idx, out_val, out_beta, nxt
+    return out_c, out_ptr, out_idx, out_val, out_beta, nxt, gsum
 
 
 @njit(cache=True, nogil=True)
-def dense_activation(c, G, beta, rad, lam, mu, nu):
-    """Apply per-neuron relaxations to a dense zonotope; new generators become new columns."""
-    n, m = G.shape
+def dense_activation(c, gt, beta, rad, lam, mu, nu):
+    """Apply per-neuron relaxations to a dense zonotope (gt = G^T); new generators become new
+    rows of gt."""
+    m, n = gt.shape
     n_new = 0
     for i in range(n):
         if nu[i] >= 0.0:
             n_new += 1
-    out = np.zeros((n, m + n_new))
+    out = np.empty((m + n_new, n))
+    for j in range(m):
+        for i in range(n):
+            out[j, i] = lam[i] * gt[j, i]
+    out[m:] = 0.0
     out_c = np.empty(n)
     out_beta = np.empty(n)
     nxt = m
     for i in range(n):
         s = lam[i]
-        if s != 0.0:
-            for j in range(m):
-                out[i, j] = s * G[i, j]
         if nu[i] >= 0.0:
-            out[i, nxt] = nu[i]
+            out[nxt, i] = nu[i]
             nxt += 1
         out_c[i] = s * c[i] + mu[i]
         err = s * (abs(c[i]) + rad[i]) + abs(mu[i])
@@ -512,7 +635,7 @@ def dense_activation(c, G, beta, rad, lam, mu, nu):
 
 @njit(cache=True, nogil=True)
 def dense_to_csr(G):
-    """CSR rows of a dense generator matrix, dropping zero entries."""
+    """CSR rows of a dense generator matrix G (n x m, not gt), dropping zero entries."""
     n, m = G.shape
     nnz = 0
     for i in range(n):

@@ -51,8 +51,12 @@ def _difference_lower(c, indptr, idx, val, beta, a, b, scratch, touched):
 
 
 @njit(cache=True, nogil=True)
-def csr_maxpool(c, indptr, idx, val, beta, lo, hi, m, in_shape, out_shape, kernel, stride, pads):
-    """Max pooling of a CSR zonotope; returns (c, indptr, idx, val, beta, m) of the output."""
+def csr_maxpool(c, indptr, idx, val, beta, lo, hi, gsum, m, in_shape, out_shape, kernel, stride,
+                pads):
+    """Max pooling of a CSR zonotope; returns (c, indptr, idx, val, beta, m, gsum) of the output.
+
+    gsum bounds each row's sum |G| (kernels.csr_conv); a row passed through keeps its own.
+    """
     ch, h, w = in_shape[0], in_shape[1], in_shape[2]
     oh, ow = out_shape[1], out_shape[2]
     kh, kw = kernel[0], kernel[1]
@@ -117,6 +121,7 @@ def csr_maxpool(c, indptr, idx, val, beta, lo, hi, m, in_shape, out_shape, kerne
     out_val = np.empty(nnz)
     out_c = np.empty(n_out)
     out_beta = np.empty(n_out)
+    out_gsum = np.empty(n_out)
     p = 0
     nxt = m
     out_ptr[0] = 0
@@ -129,6 +134,7 @@ def csr_maxpool(c, indptr, idx, val, beta, lo, hi, m, in_shape, out_shape, kerne
                 p += 1
             out_c[o] = c[k]
             out_beta[o] = beta[k]
+            out_gsum[o] = gsum[k]
         else:
             mid, half = _enclose(box_lo[o], box_hi[o])
             out_c[o] = mid
@@ -138,7 +144,9 @@ def csr_maxpool(c, indptr, idx, val, beta, lo, hi, m, in_shape, out_shape, kerne
                 nxt += 1
                 p += 1
                 out_beta[o] = 0.0
+                out_gsum[o] = half
             else:
                 out_beta[o] = half
+                out_gsum[o] = 0.0
         out_ptr[o + 1] = p
-    return out_c, out_ptr, out_idx, out_val, out_beta, nxt
+    return out_c, out_ptr, out_idx, out_val, out_beta, nxt, out_gsum

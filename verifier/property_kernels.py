@@ -1,5 +1,6 @@
 """DeepZono's property: lower bounds of linear functions C y + d of a dense zonotope y, and
 the fused kernel that runs a whole Dense/activation chain and the property in one call.
+Dense generator matrices are generator-major (gt = G^T, as in verifier.kernels).
 
 Rounding of the property: with k inputs per row, fl(C G) differs from C G by at most
 gamma(k) |C| |G| entrywise, whose row sums are bounded by gamma(k) |C| rad (rad bounds the
@@ -15,13 +16,8 @@ from numba import njit
 from verifier.kernels import (
     TINY,
     U,
-    abs_row_sums,
-    box_to_csr,
-    csr_bounds,
-    csr_to_dense_affine,
-    dense_activation,
-    dense_affine,
-    dense_bounds,
+    _affine_centre,
+    col_abs_sums,
     gamma,
     relaxation,
     widen_up,
@@ -29,12 +25,122 @@ from verifier.kernels import (
 
 
 @njit(cache=True, nogil=True)
-def dense_linear_lower(c, G, beta, rad, C, d):
-    """Sound lower bounds of C y + d over y = c + G e + delta, |e| <= 1, |delta| <= beta."""
+def dense_linear_lower(c, gt, beta, rad, C, d):
+    """Sound lower bounds of C y + d over y = c + G e + delta, |e| <= 1, |delta| <= beta
+    (gt = G^T, generator-major)."""
+    return _split_linear_lower(c, gt, np.zeros((0, c.shape[0])), beta, rad, C, d)
+
+
+@njit(cache=True, nogil=True)
+def _split_bounds(c, At, Et, beta):
+    """Sound bounds of c + [A | E] e + delta, A and E stored transposed (kernels.dense_bounds)."""
+    n = c.shape[0]
+    m = At.shape[0] + Et.shape[0]
+    sums = np.zeros(n)
+    col_abs_sums(At, sums)
+    col_abs_sums(Et, sums)
+    lo = np.empty(n)
+    hi = np.empty(n)
+    rad = np.empty(n)
+    for i in range(n):
+        r = widen_up(sums[i], m) + beta[i]
+        r = r * (1.0 + 2.0 * U)
+        rad[i] = r
+        lo[i] = (c[i] - r) - (abs(c[i]) + r) * 2.0 * U - TINY
+        hi[i] = (c[i] + r) + (abs(c[i]) + r) * 2.0 * U + TINY
+    return lo, hi, rad
+
+
+@njit(cache=True, nogil=True)
+def _first_layer(lo, hi, wt, aw, bias):
+    """Dense layer 0 on the input box: At[p] = W[:, S[p]] r[S[p]], one product per entry."""
+    n_in, n_out = wt.shape
+    c = np.empty(n_in)
+    r = np.empty(n_in)
+    rad = np.empty(n_in)
+    cols = np.empty(n_in, dtype=np.int64)
+    ns = 0
+    for j in range(n_in):
+        c[j] = 0.5 * (lo[j] + hi[j])
+        rj = max(hi[j] - c[j], c[j] - lo[j])
+        r[j] = 0.0
+        if rj > 0.0:
+            r[j] = np.nextafter(rj, np.inf)
+            cols[ns] = j
+            ns += 1
+        rad[j] = widen_up(r[j], 1) * (1.0 + 2.0 * U)
+    At = np.empty((ns, n_out))
+    for p in range(ns):
+        k = cols[p]
+        rp = r[k]
+        for i in range(n_out):
+            At[p, i] = wt[k, i] * rp
+    out_c, out_beta = _affine_centre(c, np.zeros(n_in), rad, wt, aw, bias)
+    return out_c, At, out_beta
+
+
+@njit(cache=True, nogil=True)
+def _fused_dense(c, At, Et, beta, rad, lam, mu, nu, wt, aw, bias):
+    """Relaxation (lam, mu, nu) of the previous layer folded into the next dense layer W.
+
+    The activation's zonotope [lam A | lam E | diag(nu)] is never materialised: the new
+    generators are fl(W diag(lam)) [A | E] (dead neurons give zero columns of W diag(lam))
+    and W[:, k] nu_k for the crossing ones. Each entry then carries one more rounding (of
+    W lam) than W G would: |fl(W lam) - W lam| <= U |W| lam, so the total generator error of
+    a row is at most (U + gamma(n)(1 + U)) |W| (lam sum|G| + nu) <= gamma(n + 1) |W| rad',
+    with rad' = lam rad + nu + beta' bounding the activation's row sums; _affine_centre is
+    asked for gamma(n + 2) (one extra rounding), so the error box covers it as well as the
+    centre's rounding. The activation's centre and error box are kernels.dense_activation's.
+    Generator blocks are stored transposed (generator-major), which suits BLAS best here.
+    """
+    n, n_out = wt.shape
+    me = Et.shape[0]
+    c1 = np.empty(n)
+    beta1 = np.empty(n)
+    rad1 = np.empty(n)
+    cross = np.empty(n, dtype=np.int64)
+    nc = 0
+    g2 = 2.0 * gamma(2)
+    wlt = np.empty((n, n_out))
+    for k in range(n):
+        s = lam[k]
+        c1[k] = s * c[k] + mu[k]
+        err = s * (abs(c[k]) + rad[k]) + abs(mu[k])
+        beta1[k] = (s * beta[k] + g2 * err) * (1.0 + 2.0 * U) + TINY
+        top = s * rad[k] + beta1[k]
+        if nu[k] >= 0.0:
+            top += nu[k]
+            cross[nc] = k
+            nc += 1
+        rad1[k] = top * (1.0 + 4.0 * U) + TINY
+        for i in range(n_out):
+            wlt[k, i] = wt[k, i] * s
+    At1 = np.dot(At, wlt)
+    Et1 = np.zeros((me + nc, n_out))
+    for j in range(me):
+        for k in range(n):
+            v = Et[j, k]
+            if v != 0.0:
+                for i in range(n_out):
+                    Et1[j, i] += v * wlt[k, i]
+    for t in range(nc):
+        k = cross[t]
+        for i in range(n_out):
+            Et1[me + t, i] = wt[k, i] * nu[k]
+    out_c, out_beta = _affine_centre(c1, beta1, rad1, wt, aw, bias, 1)
+    return out_c, At1, Et1, out_beta
+
+
+@njit(cache=True, nogil=True)
+def _split_linear_lower(c, At, Et, beta, rad, C, d):
+    """dense_linear_lower on c + [A | E] e + delta, A and E stored transposed (same bound)."""
     k_out, n = C.shape
-    m = G.shape[1]
-    rows = np.dot(C, G)
-    sums = abs_row_sums(rows)
+    m = At.shape[0] + Et.shape[0]
+    ct = np.ascontiguousarray(C.T)
+    sums = np.zeros(k_out)
+    col_abs_sums(np.dot(At, ct), sums)
+    if Et.shape[0] > 0:
+        col_abs_sums(np.dot(Et, ct), sums)
     g = gamma(n + 1)
     res = np.empty(k_out)
     for i in range(k_out):
@@ -55,23 +161,24 @@ def dense_linear_lower(c, G, beta, rad, C, d):
 def dense_chain_lower(lo, hi, weights, wts, aws, biases, kinds, C, d):
     """A whole pass through Dense (activation) ... Dense layers, then C y + d, in one call.
 
-    The same kernels as the layer-by-layer walk, composed so a pass over a small fully
-    connected network pays one dispatch and never holds the GIL. kinds[i] is the
-    activation after dense layer i (0 ReLU, 1 sigmoid, 2 tanh, -1 none).
+    The walk's arithmetic, with each activation folded into the next dense layer
+    (_fused_dense) so the generator matrix is written once and read twice per layer. The
+    generators are kept as two column blocks: A for the input's, E for those the
+    activations add. kinds[i] is the activation after dense layer i (0 ReLU, 1 sigmoid,
+    2 tanh, -1 none); the last dense layer has none (deepzono._prepare_chain).
     """
-    c, ptr, idx, val = box_to_csr(lo, hi)
-    beta = np.zeros(c.shape[0])
-    _, _, rad = csr_bounds(c, ptr, val, beta)
-    c, G, beta = csr_to_dense_affine(
-        c, ptr, idx, val, beta, rad, c.shape[0], wts[0], aws[0], biases[0]
-    )
+    c, At, beta = _first_layer(lo, hi, wts[0], aws[0], biases[0])
+    Et = np.zeros((0, c.shape[0]))
     for i in range(len(weights)):
-        if i > 0:
-            _, _, rad = dense_bounds(c, G, beta)
-            c, G, beta = dense_affine(c, G, beta, rad, weights[i], wts[i], aws[i], biases[i])
+        lw, up, rad = _split_bounds(c, At, Et, beta)
+        if i + 1 == len(weights):
+            break
+        n = c.shape[0]
         if kinds[i] >= 0:
-            lw, up, rad = dense_bounds(c, G, beta)
             lam, mu, nu = relaxation(kinds[i], lw, up)
-            c, G, beta = dense_activation(c, G, beta, rad, lam, mu, nu)
-    _, _, rad = dense_bounds(c, G, beta)
-    return dense_linear_lower(c, G, beta, rad, C, d)
+        else:
+            lam, mu, nu = np.ones(n), np.zeros(n), np.full(n, -1.0)
+        c, At, Et, beta = _fused_dense(
+            c, At, Et, beta, rad, lam, mu, nu, wts[i + 1], aws[i + 1], biases[i + 1]
+        )
+    return _split_linear_lower(c, At, Et, beta, rad, C, d)

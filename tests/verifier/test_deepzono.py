@@ -130,3 +130,36 @@ def test_sampled_points_stay_inside_the_bounds(seed, kind, act, eps):
     others = np.arange(net.n_outputs) != label
     diffs = (out[:, [label]] - out)[:, others]
     assert np.all(diffs >= m[others])  # every sampled logit gap respects its certified bound
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), act=st.sampled_from([Relu, Sigmoid, Tanh]),
+       eps=st.floats(0.0, 0.5))
+def test_fused_chain_matches_the_layer_walk(seed, act, eps):
+    # the fused kernel folds activations into dense layers; it must agree with the walk up to
+    # rounding-level slack (a few ulp of the magnitudes involved)
+    rng = np.random.default_rng(seed)
+    net = _random_net(rng, "dense", act)
+    plan = plan_for(net)
+    assert plan.fast is not None
+    box = InputBox.linf(rng.uniform(size=net.input_size), eps)
+    C = rng.normal(size=(5, net.n_outputs))
+    d = rng.normal(size=5)
+    fused = plan.domain.fast_path(plan.fast, box, C, d)
+    walked = plan.domain.linear_lower(analyse(plan, box), C, d)
+    assert np.allclose(fused, walked, rtol=1e-9, atol=1e-9)
+
+
+def test_kernel_row_sums_bound_the_rows():
+    # conv, activation and pool kernels hand their row sums on; each must bound the row it wrote
+    rng = np.random.default_rng(3)
+    net = _random_net(rng, "conv", Relu)
+    plan = plan_for(net)
+    box = InputBox.linf(rng.uniform(size=net.input_size), 0.2)
+    for k in range(2, 6):
+        z = analyse(replace(plan, steps=plan.steps[:k]), box)
+        assert z.gsum is not None
+        exact = np.add.reduceat(np.abs(np.append(z.val, 0.0)), z.indptr[:-1])
+        exact[np.diff(z.indptr) == 0] = 0.0
+        assert np.all(z.gsum >= exact)
+        assert np.all(z.gsum <= exact * (1 + 1e-12) + 1e-290)
