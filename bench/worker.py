@@ -84,7 +84,7 @@ def timed(fn, n: int) -> Offline:
 
 
 def offline(znet: Plan, xs: np.ndarray) -> tuple[Offline, float]:
-    """certified_radii with jobs=2, and the median seconds of one certified radius."""
+    """score_many with jobs=2, and the median seconds of one certified radius."""
     flat = xs.reshape(len(xs), -1) / 255.0
     score_many(znet, flat[:4], jobs=2)  # load the compiled kernels
     radii = timed(lambda: score_many(znet, flat, jobs=2), len(flat))

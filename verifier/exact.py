@@ -2,12 +2,13 @@
 
 `exact_radius` encodes a small piecewise-linear network (Dense, Conv, Scale, Relu, MaxPool)
 as a mixed-integer linear program per target class and solves it with HiGHS
-(scipy.optimize.milp). It is the referee for the incomplete DeepZono radius: the certified
+(scipy.optimize.milp). It is the referee for the incomplete radii of every domain: the certified
 radius of a sound verifier never exceeds the exact one.
 
 The big-M constants come from this module's own bounds (intervals intersected with
-back-substituted linear bounds, as in CROWN/DeepPoly), not from verifier.zonotope, so the
-referee shares no code with what it checks.
+back-substituted linear bounds, as in CROWN/DeepPoly), not from the domains it referees
+(verifier.deepzono, verifier.deeppoly): a soundness bug in a domain's table would otherwise
+also loosen the MILP meant to catch it.
 
 Cost: a PGD attack, then one MILP per target class that the linear bounds cannot rule out,
 each with one binary per ReLU left unstable over the box of the running best distance (and

@@ -16,8 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Generator
 
-import numpy as np
-
 Search = Generator[float, float, tuple[float, int]]
 
 
@@ -112,14 +110,27 @@ def _model_guess(probes: dict[int, float], lo: int, hi: int) -> int:
         root = lo + (lo - below) * probes[lo] / (probes[below] - probes[lo])
         return min(math.ceil(root), 4 * lo)
     near = sorted(probes, key=lambda k: (0 if k in (lo, hi) else min(abs(k - lo), abs(k - hi))))
-    ks = np.array(near[:3], dtype=np.float64)
     root = None
-    if len(ks) == 3:
-        a, b, c = np.polyfit(ks, [probes[int(k)] for k in ks], 2)
-        roots = np.roots([a, b, c]) if a != 0 else np.array([-c / b])
-        inside = [r.real for r in roots if abs(r.imag) < 1e-12 and lo < r.real < hi]
+    if len(near) >= 3:
+        inside = [r for r in _parabola_roots(near[:3], probes) if lo < r < hi]
         root = inside[0] if len(inside) == 1 else None
     if root is None:  # the chord across the bracket
         root = lo + (hi - lo) * probes[lo] / (probes[lo] - probes[hi])
     k = math.floor(root)
     return k if k > lo else lo + 1
+
+
+def _parabola_roots(ks: list[int], probes: dict[int, float]) -> list[float]:
+    """Real roots of the parabola through three probes (closed form; a line if it is one)."""
+    (k0, k1, k2), (y0, y1, y2) = ks, (probes[k] for k in ks)
+    d01 = (y1 - y0) / (k1 - k0)
+    a = ((y2 - y1) / (k2 - k1) - d01) / (k2 - k0)
+    b = d01 - a * (k0 + k1)
+    c = y0 - (a * k0 + b) * k0
+    if a == 0:
+        return [] if b == 0 else [-c / b]
+    disc = b * b - 4 * a * c
+    if disc < 0:
+        return []
+    q = -0.5 * (b + math.copysign(math.sqrt(disc), b))  # no cancellation
+    return [q / a] + ([c / q] if q != 0 else [])

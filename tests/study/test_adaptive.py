@@ -17,10 +17,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("art")
 pytest.importorskip("matplotlib")
 
-from verifier.zonotope import margins  # noqa: E402
-
 from study.adaptive import AdaptiveConfig, attack_plan  # noqa: E402
 from study.adaptive_attacks import TorchNet, pgd  # noqa: E402
+from verifier.check import margins  # noqa: E402
 from verifier.network import load_onnx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

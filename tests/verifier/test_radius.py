@@ -93,3 +93,16 @@ def test_settings_are_checked_once_with_clear_errors():
         VerifierSettings(tol=0.0)
     with pytest.raises(ValueError, match="input_lower must be below"):
         VerifierSettings(input_lower=1.0, input_upper=0.0)
+
+
+def test_parabola_roots_match_numpy():
+    from verifier.radius import _parabola_roots
+
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        ks = sorted(rng.choice(100, size=3, replace=False).tolist())
+        probes = {k: float(v) for k, v in zip(ks, rng.normal(size=3), strict=True)}
+        a, b, c = np.polyfit(ks, [probes[k] for k in ks], 2)
+        want = sorted(r.real for r in np.roots([a, b, c]) if abs(r.imag) < 1e-9)
+        got = sorted(_parabola_roots(ks, probes))
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-6)
