@@ -304,18 +304,28 @@ def _prepare_pool(layer: MaxPool) -> tuple[np.ndarray, int, int]:
     return windows.astype(np.int64), c * h * w, oh * ow
 
 
+def _proved(state: PolyState, lo, hi, windows, npos: int, cand, open_) -> np.ndarray:
+    """The outputs o with open_[o] whose input cand[o] back-substitution proves >= every
+    other input of the window."""
+    rows, todo = R.pool_pair_rows(lo, hi, windows, cand, ~open_, npos)
+    if not todo.size:
+        return np.empty(0, dtype=np.int64)
+    low = _lower_of(state, len(state.nodes), rows)  # [positions, channels * (taps - 1)]
+    proved = np.all(low.reshape(todo.size, -1, max(windows.shape[1] - 1, 1)) >= 0.0, axis=2)
+    won = (np.arange(proved.shape[1])[None, :] * npos + todo[:, None])[proved]
+    return won[open_[won]]
+
+
 def _pool(prep: tuple[np.ndarray, int, int], state: PolyState) -> PolyState:
+    """DeepPoly max-pool. The input with the largest lower bound (the largest upper bound
+    among ties) dominates when intervals or, failing that, back-substituted differences (as
+    ELINA does) show it >= every other input of the window."""
     windows, n_in, npos = prep
     lo, hi = _input_bounds(state, len(state.nodes))
     best, dominated, umax, out_lo, out_hi, mag = R.pool_relax(lo, hi, windows)
-    rows, todo = R.pool_pair_rows(lo, hi, windows, best, dominated, npos)
-    if todo.size:
-        low = _lower_of(state, len(state.nodes), rows)  # [positions, channels * (taps - 1)]
-        proved = np.all(low.reshape(todo.size, -1, max(windows.shape[1] - 1, 1)) >= 0.0, axis=2)
-        won = (np.arange(proved.shape[1])[None, :] * npos + todo[:, None])[proved]
-        won = won[~dominated[won]]
-        dominated[won] = True
-        out_hi[won] = hi[best[won]]
+    won = _proved(state, lo, hi, windows, npos, best, ~dominated)
+    dominated[won] = True
+    out_hi[won] = hi[best[won]]
 
     def back(rows: Rows) -> Rows:
         return K.pool_step(*rows, best, dominated, umax, mag, n_in)

@@ -145,7 +145,8 @@ def smooth_relax(kind, lo, hi):
 def pool_relax(lo, hi, windows):
     """DeepPoly (ERAN) max-pool over windows [n_out, taps] of input ids (-1 = padding).
 
-    best: the input with the largest lower bound; dominated: its lower bound is >= every
+    best: the input with the largest lower bound (of those, the largest upper bound, so that
+    a live input beats dead ReLUs stuck at 0); dominated: its lower bound is >= every
     other input's upper bound (then y = x_best exactly); umax: the largest upper bound.
     Returns best, dominated, umax, out_lo, out_hi, mag (max |x| over the window).
     """
@@ -164,7 +165,7 @@ def pool_relax(lo, hi, windows):
             i = windows[o, t]
             if i < 0:
                 continue
-            if b < 0 or lo[i] > blo:
+            if b < 0 or lo[i] > blo or (lo[i] == blo and hi[i] > hi[b]):
                 b = i
                 blo = lo[i]
             top = max(top, hi[i])

@@ -177,6 +177,19 @@ def test_maxpool_relational_dominance():
     assert got == pytest.approx(0.25, abs=1e-12) and got <= 0.25
 
 
+def test_maxpool_live_input_beats_dead_ones_at_equal_lower_bounds():
+    # after the ReLU, channel 0 pools (0, x, 0, 0) and channel 1 pools (x, 0, 0, 0), x in
+    # [0, 0.5]: all lower bounds are 0 and the tie goes to the input that can exceed 0, which
+    # then dominates the dead ones: y0 = y1 = x, so y0 - y1 >= 0 (had a dead input been picked:
+    # y0 >= 0 and y1 <= 0.5, so -0.5)
+    w = np.array([[0.0, 1, 0, 0, 1, 0, 0, 0]]).T
+    spread = Dense(w, np.where(w[:, 0] > 0, 0.0, -1.0))
+    pool = MaxPool((2, 2, 2), (2, 1, 1), (2, 2), (2, 2), (0, 0, 0, 0))
+    plan = _plan([spread, Relu(), pool], (1,), 2)
+    got = _lower(plan, _box([0.0], [0.5]), [1.0, -1.0])
+    assert got == pytest.approx(0.0, abs=1e-12) and got <= 0.0
+
+
 # ----------------------------------------------------------------------------- random nets
 
 
@@ -289,7 +302,7 @@ def test_pgd_finds_nothing_inside_the_cnn_radius():
     radii = np.array([_radius(plan, x, int(y)) for x, y in zip(xs, ys, strict=True)])
     assert np.all(radii > 0)
     model = onnx2torch.convert(onnx.load(str(MODELS / "cnn-6-16-128-relu.onnx"))).double().eval()
-    found, points = pgd(model, xs, ys, radii, restarts=3)
+    found, points = pgd(model, xs, ys, radii, restarts=2)
     assert not _confirmed(net, xs, ys, radii, points).any() and not found.any()
     found, points = pgd(model, xs, ys, 6.0 * radii, restarts=1, steps=50)
     assert _confirmed(net, xs, ys, 6.0 * radii, points).sum() >= 3
