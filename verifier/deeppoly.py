@@ -3,12 +3,16 @@
 A state is the history of the layers seen so far: for each, how to back-substitute linear
 bounds through it (its matrix, or its lower and upper relaxation lines) and its concrete
 bounds. An affine layer's bounds come from back-substituting its rows through every layer to
-the input box, as the paper and ERAN do; on the way down each row is also concretised on
-every layer's bounds and the best of these sound bounds is kept. They are computed when
-first needed, so a final affine layer is only ever used through the property.
+the input box, as the paper and ERAN do, intersected with interval arithmetic; they are
+computed when first needed, so a final affine layer is only used through the property.
+Two savings that leave every relaxation as full back-substitution would make it: a ReLU
+after a fully connected layer stops back-substituting the rows of neurons that intervals
+already show stable (their relaxation is fixed; they keep interval bounds), and max-pool
+outputs take interval bounds. Max-pool dominance is also tested relationally (ELINA).
 Back-substitution is blocked (verifier.deeppoly_kernels): the rows of one convolution
 position share a small support, and a fully connected layer's rows share all of it.
-Why the results are sound in floating point: the docstring of verifier.deeppoly_kernels.
+Why the results are sound in floating point: the docstrings of verifier.deeppoly_kernels
+and verifier.deeppoly_relax.
 """
 
 from __future__ import annotations
