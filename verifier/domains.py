@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from verifier.deeppoly import DEEPPOLY
 from verifier.deepzono import DEEPZONO
 from verifier.domain import Domain
+from verifier.settings import DOMAIN_NAMES
 
-DOMAINS: dict[str, Domain] = {DEEPZONO.name: DEEPZONO}
+DOMAINS: dict[str, Domain] = {d.name: d for d in (DEEPZONO, DEEPPOLY)}
+assert tuple(DOMAINS) == DOMAIN_NAMES, "verifier.settings.DOMAIN_NAMES lists the registry"
 
 
 def get_domain(name: str) -> Domain:

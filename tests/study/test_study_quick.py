@@ -86,3 +86,18 @@ def test_figures_exist_and_the_report_gives_verdicts(quick: Path) -> None:
         assert f"## {heading}" in report
     assert "At the paper's threshold 0.010 on `cnn-6-16-128-relu`" in report
     assert report.count("**confirms**") + report.count("**contradicts**") >= 10
+
+
+def test_domains_are_compared_on_the_same_inputs(quick: Path) -> None:
+    rows = _rows(quick / "domains.csv")
+    got = {(r["network"], r["domain"], r["category"]) for r in rows}
+    assert got == {(n, d, c) for n in NETWORKS for d in ("deepzono", "deeppoly")
+                   for c in CATEGORIES}
+    by = {(r["network"], r["domain"], r["category"]): r for r in rows}
+    for net in NETWORKS:
+        for cat in CATEGORIES:
+            assert by[(net, "deepzono", cat)]["n"] == by[(net, "deeppoly", cat)]["n"]
+        # DeepPoly is at least as tight as DeepZono on average on these ReLU networks
+        assert (float(by[(net, "deeppoly", "valid")]["mean_radius"])
+                >= float(by[(net, "deepzono", "valid")]["mean_radius"]))
+    assert "## Domains compared" in (quick / "report.md").read_text()

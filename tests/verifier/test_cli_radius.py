@@ -42,3 +42,18 @@ def test_radius_errors_are_one_line(tmp_path):
     assert res.returncode == 2 and "missing.onnx" in res.stderr and "Traceback" not in res.stderr
     res = _run("radius", MODEL, wrong, "--tol", "zero")
     assert res.returncode == 2 and "expected a number" in res.stderr
+
+
+def test_radius_per_domain(tmp_path):
+    data = np.load(ROOT / "models" / "mnist_test_1000.npz")
+    inputs = tmp_path / "x.npy"
+    np.save(inputs, data["x"][:6])
+    radii = {}
+    for domain in ("deepzono", "deeppoly"):
+        out = tmp_path / f"{domain}.csv"
+        res = _run("radius", MODEL, inputs, "--domain", domain, "--out", out, "--jobs", "2")
+        assert res.returncode == 0, res.stderr
+        radii[domain] = [float(line.split(",")[2]) for line in out.read_text().splitlines()[1:]]
+    assert len(radii["deeppoly"]) == 6 and all(r > 0 for r in radii["deeppoly"])
+    res = _run("radius", MODEL, inputs, "--domain", "polyhedra")
+    assert res.returncode == 2 and "invalid choice: 'polyhedra'" in res.stderr
