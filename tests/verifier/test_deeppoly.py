@@ -26,11 +26,12 @@ from verifier.network import (
     apply_layer,
     load_onnx,
 )
+from verifier.score import certified_radius
+from verifier.settings import VerifierSettings
 from verifier.walk import Plan, analyse, margins, output_bounds
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 SLICE = MODELS / "mnist_test_1000.npz"
-UP, TOL = 0.256, 0.001
 
 
 def _plan(layers, in_shape, n_out) -> Plan:
@@ -48,15 +49,9 @@ def _lower(plan: Plan, box: InputBox, row) -> float:
 
 
 def _radius(plan: Plan, x: np.ndarray, label: int) -> float:
-    """Bisection on [0, UP] to TOL: the largest eps probed at which every margin is > 0."""
-    lo, hi = 0.0, UP
-    while hi - lo >= TOL:
-        mid = 0.5 * (lo + hi)
-        if np.min(margins(plan, InputBox.linf(x, mid), label)) > 0:
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    """Bisection (Algorithm 1) on [0, 0.256] to 0.001 in the plan's domain."""
+    settings = VerifierSettings(domain=plan.domain.name, search="bisect")
+    return certified_radius(plan, x, settings, label)
 
 
 # ----------------------------------------------------------------------------- by hand
@@ -295,17 +290,22 @@ def test_pgd_finds_nothing_inside_the_cnn_radius():
     """No PGD point in the DeepPoly-certified ball changes the class (a hit is a soundness
     bug). The attack is tests/test_soundness_attack.py's; a short run of it succeeds at 6x
     the radius on some inputs, so its silence inside is not idleness."""
-    from tests.test_soundness_attack import _confirmed, onnx, onnx2torch, pgd
+    from tests.test_soundness_attack import _confirmed, onnx, onnx2torch, pgd, torch
 
     net, xs, ys, _ = _mnist("cnn-6-16-128-relu", 20)
     plan = Plan.of(net, DEEPPOLY)
     radii = np.array([_radius(plan, x, int(y)) for x, y in zip(xs, ys, strict=True)])
     assert np.all(radii > 0)
     model = onnx2torch.convert(onnx.load(str(MODELS / "cnn-6-16-128-relu.onnx"))).double().eval()
-    found, points = pgd(model, xs, ys, radii, restarts=2)
-    assert not _confirmed(net, xs, ys, radii, points).any() and not found.any()
-    found, points = pgd(model, xs, ys, 6.0 * radii, restarts=1, steps=50)
-    assert _confirmed(net, xs, ys, 6.0 * radii, points).sum() >= 3
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small batches run faster on one thread than on contended cores
+    try:
+        found, points = pgd(model, xs, ys, radii, restarts=2)
+        assert not _confirmed(net, xs, ys, radii, points).any() and not found.any()
+        found, points = pgd(model, xs, ys, 6.0 * radii, restarts=1, steps=50)
+        assert _confirmed(net, xs, ys, 6.0 * radii, points).sum() >= 3
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_fnn_radius_below_exact_milp():
