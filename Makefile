@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 PYTHON  := $(BIN)/python
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: setup setup-worker test test-fast lint demo kafka kafka-stop bench soak fuzz study-quick study study-domains study-cifar artefacts models clean
+.PHONY: setup setup-worker test test-fast lint demo kafka kafka-stop bench soak fuzz study-quick study study-domains study-cifar adaptive artefacts models clean
 
 $(PYTHON):
 	$(PY) -m venv $(VENV)
@@ -56,6 +56,9 @@ study-domains:  ## DeepZono and DeepPoly side by side on the shipped FNN and CNN
 
 study:  ## the paper's 31 MNIST networks of Table I (trains those not shipped; ~2 h on 2 cores)
 	$(BIN)/radiusguard study --config study/configs/full.toml --out reports/full
+
+adaptive:  ## adaptive attacks (high-confidence PGD and C&W, radius-aware, Algorithm 2 runs) against every policy; reports/adaptive/
+	$(PYTHON) -m study.adaptive --out reports/adaptive
 
 study-cifar:  ## Table I's LeNet-5 rows; CIFAR=DIR of the CIFAR-10 python batches (not shipped)
 	@test -n "$(CIFAR)" || { echo "make study-cifar needs CIFAR=DIR (cifar-10-batches-py)"; exit 2; }

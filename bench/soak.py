@@ -36,8 +36,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from verifier.network import load_onnx  # noqa: E402
 from verifier.score import plan_for  # noqa: E402
-from worker import broker  # noqa: E402
-from worker.codec import decode_verdict, encode_input  # noqa: E402
+from worker.formats.codec import decode_verdict, encode_input  # noqa: E402
+from worker.local import broker  # noqa: E402
 from worker.processor import Processor, Record, Scorer  # noqa: E402
 from worker.profile import Profile, calibrate, save_profile  # noqa: E402
 

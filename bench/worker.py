@@ -36,8 +36,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from verifier.network import load_onnx  # noqa: E402
 from verifier.score import plan_for, radius_result, score_many  # noqa: E402
 from verifier.walk import Plan  # noqa: E402
-from worker import broker  # noqa: E402
-from worker.codec import encode_input  # noqa: E402
+from worker.formats.codec import encode_input  # noqa: E402
+from worker.local import broker  # noqa: E402
 from worker.processor import Processor, Record, Scorer, process_all  # noqa: E402
 from worker.profile import calibrate, load_profile, save_profile  # noqa: E402
 

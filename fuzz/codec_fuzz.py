@@ -13,7 +13,7 @@ reference or with the generator.
 
 Other libFuzzer options and corpus folders pass through. A finding stops the run and is saved
 as crash-<sha1>; its traceback holds a one-line decode_input call that reproduces it.
-worker.codec is imported only inside main(), under atheris's coverage instrumentation.
+worker.formats.codec is imported only inside main(), under atheris's coverage instrumentation.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class Expected:
 def reference_decode(
     key: bytes | None, value: Any, limits: LimitsLike, expected_size: int | None
 ) -> Expected:
-    """Decode one record by the rules of the format (module docstring of worker.codec)."""
+    """Decode one record by the rules of the format (module docstring of worker.formats.codec)."""
     stream, key_ok = _stream(key, limits)
     bad = Expected(False, None, stream)
     if not isinstance(value, bytes | bytearray | memoryview):
@@ -580,7 +580,7 @@ def main(argv: list[str] | None = None) -> None:
     import atheris
 
     with atheris.instrument_imports(include=["worker"]):
-        from worker import codec
+        from worker.formats import codec
     limits = codec.Limits()
 
     def one_input(data: bytes) -> None:

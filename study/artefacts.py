@@ -113,8 +113,8 @@ def make_demo_stream(
     n_attack: int = 20, seed: int = 0,
 ) -> tuple[Path, dict[str, int]]:
     """Write the demo recording for the CNN; returns its path and the per-category counts."""
-    from worker.codec import encode_input
-    from worker.replay import Recorded, write_recording
+    from worker.formats.codec import encode_input
+    from worker.formats.recording import Recorded, write_recording
 
     onnx_path = models_dir / f"{DEMO_MODEL}.onnx"
     net = load_onnx(onnx_path)

@@ -212,3 +212,21 @@ def load_cifar10(path: Path | str) -> MnistData:
         test_x=from_uint8(test_x),
         test_y=test_y,
     )
+
+
+# ----------------------------------------------------------------------------- colour stand-in
+
+
+def mnist_colour(data: MnistData, n_train: int | None = None) -> MnistData:
+    """MNIST as a stand-in for 3x32x32 colour data: each image zero-padded by 2 pixels to 32x32
+    and repeated in three channels ([N, 3, 32, 32], same [0, 1] pixel values); only the first
+    `n_train` training images when given (the full float copy takes 737 MB)."""
+
+    def colour(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32).reshape(-1, 1, 28, 28)
+        padded = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
+        return np.ascontiguousarray(np.repeat(padded, 3, axis=1))
+
+    n = len(data.train_x) if n_train is None else n_train
+    return MnistData(colour(data.train_x[:n]), data.train_y[:n], colour(data.test_x),
+                     data.test_y)

@@ -17,11 +17,15 @@ if TYPE_CHECKING:
 
 Activation = Literal["relu", "sigmoid", "tanh"]
 ACTIVATIONS: tuple[str, ...] = ("relu", "sigmoid", "tanh")
-KINDS: tuple[str, ...] = ("fnn", "cnn", "lenet5")
+KINDS: tuple[str, ...] = ("fnn", "cnn", "lenet5", "eran")
 
 _FNN_RE = re.compile(r"^fnn-(?:(?P<n>\d+)x(?P<w>\d+)|(?P<list>\d+(?:-\d+)*))-(?P<act>[a-z]+)$")
 _CNN_RE = re.compile(r"^cnn-(?P<c1>\d+)-(?P<c2>\d+)-(?P<fc>\d+)-(?P<act>[a-z]+)$")
 _LENET_RE = re.compile(r"^lenet5-(?P<act>[a-z]+)$")
+# ERAN's ConvSmall/ConvMed/ConvBig for 3x32x32 (study.refnets), ReLU only.
+_ERAN_RE = re.compile(r"^(?P<arch>convsmall|convmed|convbig)-(?P<act>relu)$")
+_ERAN_SIZES = {"convsmall": (16, 32, 100), "convmed": (16, 32, 1000),
+               "convbig": (32, 32, 64, 64, 512, 512)}
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,8 @@ class NetSpec:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one input: MNIST for FNNs and CNNs, CIFAR-10 for LeNet-5."""
-        return (3, 32, 32) if self.kind == "lenet5" else (1, 28, 28)
+        """(C, H, W) of one input: MNIST for FNNs and CNNs, CIFAR-10 for LeNet-5 and ERAN's."""
+        return (3, 32, 32) if self.kind in ("lenet5", "eran") else (1, 28, 28)
 
     def build(self) -> nn.Module:
         """Instantiate the (untrained) torch module; weights depend on the torch RNG state."""
@@ -46,13 +50,17 @@ class NetSpec:
             return fnn(list(self.sizes), self.activation)
         if self.kind == "lenet5":
             return lenet5(self.activation)
+        if self.kind == "eran":
+            from study.refnets import NETS
+
+            return NETS[self.name.split("-")[0]]()
         c1, c2, fc = self.sizes
         return cnn(c1, c2, fc, self.activation)
 
 
 def parse_net_name(name: str, seed: int = 0) -> NetSpec:
-    """Parse ``fnn-<L>x<W>-<act>``, ``fnn-<w1>-...-<wk>-<act>``, ``cnn-<c1>-<c2>-<fc>-<act>`` or
-    ``lenet5-<act>``."""
+    """Parse ``fnn-<L>x<W>-<act>``, ``fnn-<w1>-...-<wk>-<act>``, ``cnn-<c1>-<c2>-<fc>-<act>``,
+    ``lenet5-<act>`` or ``convsmall-relu`` / ``convmed-relu`` / ``convbig-relu``."""
     text = name.strip().lower()
     if m := _FNN_RE.match(text):
         if m["list"] is not None:
@@ -66,10 +74,13 @@ def parse_net_name(name: str, seed: int = 0) -> NetSpec:
     elif m := _LENET_RE.match(text):
         sizes = (6, 16, 120, 84)
         kind = "lenet5"
+    elif m := _ERAN_RE.match(text):
+        sizes = _ERAN_SIZES[m["arch"]]
+        kind = "eran"
     else:
         raise ValueError(
             f"bad network name {name!r}; expected e.g. fnn-3x30-relu, fnn-50-20-tanh, "
-            "cnn-6-16-128-relu, lenet5-relu"
+            "cnn-6-16-128-relu, lenet5-relu, convsmall-relu"
         )
     act = m["act"]
     if act not in ACTIVATIONS:

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 NATURAL = ("valid", "misclassified")
 SELECTIONS = ("first", "random")
 RESULTS_VERSION = 1
+STANDIN = "mnist-colour"  # MNIST padded to 3x32x32: colour networks without CIFAR-10
+STANDIN_TRAIN = 12000  # training images of the stand-in (its float copy is 147 MB)
 
 
 class ConfigError(ValueError):
@@ -190,7 +192,7 @@ def config_from_dict(
     data = str(study.pop("data", "mnist"))
     if data.startswith("cifar10:"):
         data = "cifar10:" + str(resolve_path(data.split(":", 1)[1], base))
-    elif data != "mnist":
+    elif data not in ("mnist", STANDIN):
         data = str(resolve_path(data, base))
     cfg = StudyConfig(
         networks=tuple(networks),
@@ -294,8 +296,16 @@ class Dataset:
 
 
 def load_dataset(spec: str) -> Dataset:
-    """``mnist``: the 10k MNIST test set (study.data.load_mnist); ``cifar10:PATH``: the CIFAR-10
-    python ``test_batch`` (file or directory); else an NPZ with uint8 ``x`` and labels ``y``."""
+    """``mnist``: the 10k MNIST test set (study.data.load_mnist); ``mnist-colour``: the same
+    padded to 3x32x32 (study.data.mnist_colour, a stand-in for CIFAR-10); ``cifar10:PATH``: the
+    CIFAR-10 python ``test_batch`` (file or directory); else an NPZ with uint8 ``x`` and labels
+    ``y`` ([N, H, W] grey or [N, C, H, W])."""
+    if spec == STANDIN:
+        from study.data import load_mnist, mnist_colour, to_uint8
+
+        data = mnist_colour(load_mnist(), n_train=0)
+        return Dataset("MNIST padded to 3x32x32 (10k)", to_uint8(data.test_x),
+                       data.test_y.astype(np.int64))
     if spec == "mnist":
         from study.data import load_mnist, to_uint8
 
@@ -335,11 +345,12 @@ def ensure_network(
     netcfg: NetworkConfig, out: Path, data_spec: str = "mnist", threads: int = 2
 ) -> Path:
     """The network's ONNX file, training and exporting it with study.train when missing: on
-    CIFAR-10's training batches when the study's data is ``cifar10:PATH``, else on MNIST's."""
+    CIFAR-10's training batches when the study's data is ``cifar10:PATH``, on the first
+    STANDIN_TRAIN images of the colour stand-in for ``mnist-colour``, else on MNIST's."""
     path = network_path(netcfg, out)
     if path.is_file():
         return path
-    from study.data import load_cifar10, load_mnist
+    from study.data import load_cifar10, load_mnist, mnist_colour
     from study.nets import parse_net_name
     from study.train import export_onnx, train
 
@@ -349,6 +360,8 @@ def ensure_network(
             data = load_cifar10(data_spec.split(":", 1)[1])
         except ValueError as exc:
             raise ConfigError(f"cannot train {netcfg.name}: {exc}") from None
+    elif data_spec == STANDIN:
+        data = mnist_colour(load_mnist(), n_train=STANDIN_TRAIN)
     else:
         data = load_mnist()
     if tuple(data.test_x.shape[1:]) != spec.input_shape:

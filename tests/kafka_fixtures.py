@@ -1,4 +1,4 @@
-"""Pytest fixtures backed by a real local Kafka broker (worker.broker); never skipped.
+"""Pytest fixtures backed by a real local Kafka broker (worker.local.broker); never skipped.
 
 Set ``KAFKA_BOOTSTRAP`` to reuse an existing broker; otherwise one is started per session. The
 jar cache lives at ``<repo>/.cache/kafka/libs`` so Maven downloads the broker only once.
@@ -15,7 +15,7 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
-from worker import broker
+from worker.local import broker
 
 __all__ = ["LocalBroker", "broker_factory", "kafka_bootstrap", "topic_factory"]
 

@@ -13,6 +13,8 @@ from typing import NoReturn
 from verifier.settings import DOMAIN_NAMES, SEARCHES, VerifierSettings
 from worker.argtypes import port_number, positive_float, positive_int, unit_fraction
 from worker.paths import broker_data_dir, jar_cache_dir
+from worker.policy import POLICIES
+from worker.score import add_arguments as add_score_arguments
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # zonotope passes are single-threaded BLAS
 
@@ -55,7 +57,7 @@ def cmd_radius(args: argparse.Namespace) -> int:
     from worker.progress import progress
 
     net = load_model(args.model)
-    xs = load_inputs(args.inputs, net.input_size)
+    xs = load_inputs(args.inputs, net.input_shape)
     settings = _settings(args)
     plan = plan_for(net, settings)
     rows = []
@@ -94,7 +96,7 @@ def cmd_radius(args: argparse.Namespace) -> int:
 
 def cmd_kafka(args: argparse.Namespace) -> int:
     """Start, stop or show the local single-node Apache Kafka broker."""
-    from worker.broker import BrokerConfig, start, status, stop
+    from worker.local.broker import BrokerConfig, start, status, stop
 
     cfg = BrokerConfig(port=args.port, data_dir=Path(args.data_dir), jar_cache=Path(args.jar_cache))
     if args.action == "start":
@@ -118,9 +120,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from worker.profile import calibrate, save_profile
 
     net = load_model(args.model)
-    xs = load_inputs(args.valid, net.input_size)
+    xs = load_inputs(args.valid, net.input_shape)
     labels = _load_labels(args.labels, len(xs))
-    attacks = {name: load_inputs(path, net.input_size) for name, path in args.attack}
+    attacks = {name: load_inputs(path, net.input_shape) for name, path in args.attack}
     if len(attacks) != len(args.attack):
         raise CliError("each --attack NAME must be given once")
     out = Path(args.out)
@@ -187,12 +189,12 @@ def _load_labels(path: str, n: int | None = None):
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run one worker of the consumer group until SIGTERM."""
-    from worker.bootstrap import await_broker
-    from worker.config import ServiceConfig, kafka_settings
+    from worker.kafka.bootstrap import await_broker
+    from worker.kafka.config import ServiceConfig, kafka_settings
+    from worker.kafka.service import Service
     from worker.logs import configure_logging
     from worker.modelfile import load_model
     from worker.profile import check_settings, load_profile
-    from worker.service import Service
 
     check_settings(load_profile(args.profile), domain=args.domain, search=args.search)
     configure_logging(args.log_level)
@@ -226,7 +228,7 @@ def _quiet_kafka_selector() -> None:
 
 def cmd_produce(args: argparse.Namespace) -> int:
     """Send an array file or a PNG folder as input records of one stream."""
-    from worker.replay import produce, records_from_arrays
+    from worker.formats.recording import produce, records_from_arrays
 
     xs, dtype = _load_for_produce(args.inputs)
     labels = None
@@ -287,8 +289,8 @@ def cmd_record(args: argparse.Namespace) -> int:
     """Read a topic from its beginning into a replay file until it is idle."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from worker.config import client_settings, kafka_settings
-    from worker.replay import record_topic, write_recording
+    from worker.formats.recording import record_topic, write_recording
+    from worker.kafka.config import client_settings, kafka_settings
 
     out = Path(args.out)
     if not out.parent.is_dir():
@@ -315,7 +317,7 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Send a recording to a topic at its recorded pace (times --rate), or as fast as possible."""
-    from worker.replay import check_recording, produce, read_recording
+    from worker.formats.recording import check_recording, produce, read_recording
 
     check_recording(args.file)  # a truncated or malformed file is refused before sending any
     records = read_recording(args.file)
@@ -332,7 +334,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _producer(args: argparse.Namespace):
     from kafka import KafkaProducer
 
-    from worker.config import client_settings, kafka_settings
+    from worker.kafka.config import client_settings, kafka_settings
 
     settings = client_settings(KafkaProducer, kafka_settings(args.kafka_config))
     settings.setdefault("acks", "all")
@@ -346,7 +348,7 @@ def _producer(args: argparse.Namespace):
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Local broker, workers, a recorded stream replayed, a verdict table."""
-    from worker.demo import run_demo
+    from worker.local.demo import run_demo
 
     _quiet_kafka_selector()
     return run_demo(args)
@@ -409,12 +411,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", type=_attack_spec, action="append", default=[],
                    metavar="NAME=ADV.npy", help="adversarial inputs to score (repeatable)")
     p.add_argument("--window", type=_window_size, default=50, help="Algorithm 2 window size")
-    p.add_argument("--policy", choices=("threshold", "distribution"), default="threshold",
+    p.add_argument("--policy", choices=tuple(POLICIES), default="threshold",
                    help="the profile's default policy")
     p.add_argument("--name", help="profile name (default: the model file's stem)")
     p.add_argument("--out", required=True, help="profile JSON to write")
     _add_verifier_options(p)
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("score", help="a profile's verdicts for a file of inputs, offline (CSV)")
+    add_score_arguments(p)
 
     p = sub.add_parser("kafka", help="a local single-node Apache Kafka broker (KRaft)")
     p.add_argument("action", choices=("start", "stop", "status"),
@@ -492,18 +497,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="local broker, two workers, a recorded stream, a verdict "
                        "table")
-    from worker.demo import add_arguments
+    from worker.local.demo import add_arguments
 
     add_arguments(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("http", help="serve verdicts over the Open Inference Protocol v2 (REST)")
-    from worker.http_server import add_arguments as add_http_arguments
-    from worker.http_server import run as run_http
+    from worker.http.server import add_arguments as add_http_arguments
+    from worker.http.server import run as run_http
 
     add_http_arguments(p)
     p.set_defaults(func=run_http)
 
+    from worker.verify import register as register_verify
+
+    register_verify(sub)
     for register in _extra_commands():
         register(sub)
     return parser

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from worker.codec import Verdict
+from worker.formats.codec import Verdict
 
 RADIUS_BUCKETS = (0.0, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.012, 0.014, 0.016, 0.02,
                   0.025, 0.03, 0.04, 0.06, 0.1, 0.256)

@@ -15,7 +15,7 @@ import numpy as np
 from verifier.score import RadiusResult, radius_result
 from verifier.settings import VerifierSettings
 from verifier.walk import Plan
-from worker.codec import DEFAULT_STREAM, InputRecord, Invalid, Limits, Verdict, decode_input
+from worker.formats.codec import DEFAULT_STREAM, InputRecord, Invalid, Limits, Verdict, decode_input
 from worker.profile import Profile
 from worker.validate import DistributionValidator, ThresholdValidator, WindowState
 
@@ -120,7 +120,7 @@ class Processor:
         """One batch. `states` maps (partition, stream) to the current window; not modified."""
         started = time.monotonic()
         result = BatchResult()
-        size = self.znet.net.input_size
+        size = self.znet.net.input_shape  # checks the layout; channels last is transposed
         ordered = sorted(records, key=lambda r: (r.partition, r.offset))
         decoded = [
             decode_input(r.key, r.value if r.value is not None else b"", self.limits, size)

@@ -11,7 +11,7 @@ import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,11 @@ from tqdm import tqdm
 from verifier.network import Network
 from verifier.score import score_many
 from verifier.settings import VerifierSettings
+from worker.policy import POLICIES as _REGISTRY
+from worker.policy import logit_margins, make_validator
 from worker.validate import (
     MIN_WINDOW,
+    ConsistencyValidator,
     DistributionValidator,
     ThresholdValidator,
     WindowState,
@@ -41,6 +44,7 @@ __all__ = [
     "VerifierSettings",
     "calibrate",
     "check_model",
+    "fit_consistency",
     "false_alarm_threshold",
     "load_profile",
     "profile_from_dict",
@@ -49,7 +53,7 @@ __all__ = [
 ]
 
 FORMAT = 1
-POLICIES = ("threshold", "distribution")
+POLICIES = tuple(_REGISTRY)
 # Candidate p-value-drop tolerances, ascending; calibrate takes the first that keeps the false
 # alarm rate within the target (1.0 always does unless p-values are undefined).
 SIGMA1_GRID = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -75,6 +79,7 @@ class CalibrationStats:
     false_alarm_target: float
     false_alarm_measured: float
     false_alarm_distribution: float | None = None
+    false_alarm_consistency: float | None = None
 
 
 @dataclass(frozen=True)
@@ -91,11 +96,13 @@ class AttackStats:
     rejection_rate_distribution: float
     auc: float
     roc: tuple[tuple[float, float, float], ...] = ()
+    rejection_rate_consistency: float | None = None
 
 
 @dataclass(frozen=True)
 class Profile:
-    """Validation parameters for one model; policy is the default ("threshold"/"distribution")."""
+    """Validation parameters for one model; policy is the default (a name in POLICIES);
+    consistency is None in profiles calibrated before that policy existed."""
 
     name: str
     model_sha256: str
@@ -108,6 +115,7 @@ class Profile:
     verifier: VerifierSettings
     calibration: CalibrationStats
     attacks: Mapping[str, AttackStats] = field(default_factory=dict)
+    consistency: ConsistencyValidator | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seed_window", tuple(float(r) for r in self.seed_window))
@@ -124,15 +132,14 @@ class Profile:
             )
         if not all(math.isfinite(r) and r >= 0 for r in self.seed_window):
             raise ValueError("seed_window radii must be finite and >= 0")
+        make_validator(self)  # the default policy must be buildable from these parameters
 
-    def validator(self, policy: str | None = None) -> ThresholdValidator | DistributionValidator:
-        """The validator for `policy` (default: the profile's) with this profile's parameters."""
-        policy = policy or self.policy
-        if policy == "threshold":
-            return ThresholdValidator(self.threshold)
-        if policy == "distribution":
-            return DistributionValidator(self.sigma0, self.sigma1, self.window_size)
-        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    def validator(
+        self, policy: str | None = None
+    ) -> ThresholdValidator | DistributionValidator | ConsistencyValidator:
+        """The rule object of `policy` (default: the profile's) with this profile's parameters,
+        from the registry (worker.policy.make_validator)."""
+        return make_validator(self, policy).rule
 
     def initial_state(self) -> WindowState:
         """Algorithm 2's state before any input: the seed window."""
@@ -197,6 +204,9 @@ def profile_from_dict(data: Any) -> Profile:
             rejection_rate_distribution=a.get("rejection_rate_distribution", float),
             auc=a.get("auc", float),
             roc=tuple(roc),
+            rejection_rate_consistency=a.get(
+                "rejection_rate_consistency", float, optional=True, default=None
+            ),
         )
     seed = top.get("seed_window", list)
     if not all(_is_num(r) for r in seed):
@@ -230,11 +240,52 @@ def profile_from_dict(data: Any) -> Profile:
                 false_alarm_distribution=cal.get(
                     "false_alarm_distribution", float, optional=True, default=None
                 ),
+                false_alarm_consistency=cal.get(
+                    "false_alarm_consistency", float, optional=True, default=None
+                ),
             ),
             attacks=attacks,
+            consistency=_consistency_from(top.get("consistency", dict, optional=True,
+                                                  default=None)),
         )
     except ValueError as exc:
         raise ProfileError(str(exc)) from None
+
+
+def _consistency_from(raw: dict | None) -> ConsistencyValidator | None:
+    if raw is None:
+        return None
+    c = _Fields(raw, "consistency")
+    mean, inv = c.get("mean", list), c.get("inv_cov", list)
+    if not (len(mean) == 2 and all(_is_num(v) for v in mean)):
+        raise ProfileError("field 'consistency.mean' must be a list of 2 numbers")
+    if not (len(inv) == 2 and all(
+        isinstance(row, list) and len(row) == 2 and all(_is_num(v) for v in row) for row in inv
+    )):
+        raise ProfileError("field 'consistency.inv_cov' must be a 2x2 list of numbers")
+    return ConsistencyValidator(
+        (float(mean[0]), float(mean[1])),
+        ((float(inv[0][0]), float(inv[0][1])), (float(inv[1][0]), float(inv[1][1]))),
+        c.get("cutoff", float),
+    )
+
+
+def fit_consistency(
+    radii: np.ndarray, margins: np.ndarray, max_false_alarm: float
+) -> ConsistencyValidator:
+    """The consistency policy fitted to valid inputs alone: mean and inverse covariance of
+    their (log margin, log radius), and the cutoff that rejects at most max_false_alarm of them
+    (the (k+1)-th largest distance, k the largest integer with k / n <= max_false_alarm)."""
+    f = ConsistencyValidator.features(radii, margins)
+    if len(f) < 3:
+        raise ValueError("the consistency policy needs at least 3 valid inputs")
+    mean = f.mean(axis=0)
+    inv = np.linalg.inv(np.cov(f.T) + 1e-12 * np.eye(2))
+    fitted = ConsistencyValidator((float(mean[0]), float(mean[1])),
+                                  tuple(map(tuple, inv.tolist())), 0.0)  # type: ignore[arg-type]
+    scores = np.sort(fitted.scores(radii, margins))[::-1]
+    k = math.floor(max_false_alarm * len(scores) + 1e-9)
+    return replace(fitted, cutoff=float(scores[min(k, len(scores) - 1)]))
 
 
 def check_model(profile: Profile, net: Network) -> None:
@@ -324,7 +375,8 @@ def calibrate(
     `sigma1_grid` (ascending) for which Algorithm 2, replayed from the seed window over the
     remaining valid radii, rejects at most max_false_alarm of them (if none does, the value
     with the fewest rejections).
-    Each attack set is scored against the result.
+    The consistency policy (`fit_consistency`) is fitted to the same valid radii and the
+    logit margins of the same inputs. Each attack set is scored against the result.
     """
     settings = settings or VerifierSettings()
     if not 0.0 <= max_false_alarm < 1.0:
@@ -348,13 +400,18 @@ def calibrate(
             f"window_size + 1 = {window_size + 1}"
         )
     threshold = false_alarm_threshold(radii, max_false_alarm)
+    correct_x = np.array([x for x, res, label in zip(xs, results, y, strict=True)
+                          if res.predicted == int(label)])
+    margins = logit_margins(net.forward(correct_x))
+    consistency = fit_consistency(radii, margins, max_false_alarm)
+    adv_inputs = {attack: _inputs(x_adv, net.input_size, f"attack {attack!r}")
+                  for attack, x_adv in (attacks or {}).items()}
     adversarial = {
         attack: np.array([
             res.radius
-            for res in _radii(net, _inputs(x_adv, net.input_size, f"attack {attack!r}"),
-                              settings, jobs, f"{attack} radii")
+            for res in _radii(net, x_adv, settings, jobs, f"{attack} radii")
         ])
-        for attack, x_adv in (attacks or {}).items()
+        for attack, x_adv in adv_inputs.items()
     }
     seed = tuple(float(r) for r in radii[:window_size])
     s0, s1, fa_dist = _fit_algorithm2(
@@ -370,6 +427,8 @@ def calibrate(
         false_alarm_target=float(max_false_alarm),
         false_alarm_measured=float(np.mean(radii < threshold)),
         false_alarm_distribution=fa_dist,
+        false_alarm_consistency=float(np.mean(consistency.scores(radii, margins)
+                                              > consistency.cutoff)),
     )
     attack_stats = {}
     for attack, adv in adversarial.items():
@@ -383,6 +442,8 @@ def calibrate(
             ),
             auc=auc,
             roc=roc,
+            rejection_rate_consistency=float(np.mean(consistency.scores(
+                adv, logit_margins(net.forward(adv_inputs[attack]))) > consistency.cutoff)),
         )
     return Profile(
         name=name or net.name or "profile",
@@ -396,6 +457,7 @@ def calibrate(
         verifier=settings,
         calibration=stats,
         attacks=attack_stats,
+        consistency=consistency,
     )
 
 

@@ -1,4 +1,5 @@
-"""Accept or reject an input from its certified radius: by threshold, or by distribution.
+"""Accept or reject an input from its certified radius: by threshold, by distribution, or by
+the consistency of radius and logit margin.
 
 `DistributionValidator` is Algorithm 2: a window Q of the s radii believed valid; a new radius
 r forms Q' = Q + [r] and is accepted iff Q'[s] >= sigma0 or
@@ -17,6 +18,7 @@ import numpy as np
 
 __all__ = [
     "MIN_WINDOW",
+    "ConsistencyValidator",
     "Decision",
     "DistributionValidator",
     "ThresholdValidator",
@@ -86,7 +88,8 @@ def _kurtosis_z(b2: float, n: int) -> float:
 @dataclass(frozen=True)
 class Decision:
     """What a validator decided for one radius and why; pvalue is that of Q'[1:s+1] (the window
-    with the new radius in) and drop is p(Q'[0:s]) - pvalue, for the distribution rule only.
+    with the new radius in) and drop is p(Q'[0:s]) - pvalue, for the distribution rule only;
+    score is a policy's own statistic (the consistency distance).
     """
 
     verdict: str
@@ -94,6 +97,7 @@ class Decision:
     reason: str
     pvalue: float | None = None
     drop: float | None = None
+    score: float | None = None
 
 
 _NO_RADIUS = Decision("invalid", "no-radius", "no certified radius: the input is invalid")
@@ -234,6 +238,55 @@ class DistributionValidator:
             decision = Decision("reject", "pvalue-drop", reason, p_new, drop)
             return decision, replace(state, count=state.count + 1, last_offset=last, pvalue=p_old)
         return decision, WindowState(slid, state.count + 1, last, p_new)
+
+
+@dataclass(frozen=True)
+class ConsistencyValidator:
+    """Reject an input whose (log logit margin, log radius) lies far from the valid inputs'.
+
+    On valid inputs the certified radius grows with the logit margin; a confident adversarial
+    example has a large margin but a small radius for it (and a weak one a small margin).
+    The score is the squared Mahalanobis distance of (log max(margin, FLOOR), log(radius +
+    FLOOR)) from the valid mean; reject iff score > cutoff. Stateless, rule "consistency".
+    """
+
+    mean: tuple[float, float]
+    inv_cov: tuple[tuple[float, float], tuple[float, float]]
+    cutoff: float
+
+    FLOOR = 1e-3
+
+    def __post_init__(self) -> None:
+        values = [*self.mean, *self.inv_cov[0], *self.inv_cov[1], self.cutoff]
+        if len(values) != 7 or not all(math.isfinite(v) for v in values):
+            raise ValueError("consistency mean, inv_cov (2x2) and cutoff must be finite")
+
+    @classmethod
+    def features(cls, radius: np.ndarray, margin: np.ndarray) -> np.ndarray:
+        """[N, 2] (log margin, log radius), floored so that zeros stay finite."""
+        m = np.maximum(np.asarray(margin, np.float64), cls.FLOOR)
+        return np.column_stack([np.log(m), np.log(np.asarray(radius, np.float64) + cls.FLOOR)])
+
+    def scores(self, radius: np.ndarray, margin: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distances of many (radius, margin) pairs."""
+        d = self.features(radius, margin) - np.asarray(self.mean)
+        return np.einsum("ij,jk,ik->i", d, np.asarray(self.inv_cov), d)
+
+    def check(self, radius: float | None, margin: float | None = None) -> Decision:
+        """The decision for one radius and the logit margin of the predicted class."""
+        if radius is None:
+            return _NO_RADIUS
+        radius = _checked(radius)
+        if margin is None or not math.isfinite(margin):
+            raise ValueError("the consistency policy needs the input's logit margin")
+        score = float(self.scores(np.array([radius]), np.array([margin]))[0])
+        verdict = "accept" if score <= self.cutoff else "reject"
+        sign = "<=" if verdict == "accept" else ">"
+        return Decision(
+            verdict, "consistency",
+            f"radius {radius:.6g} at logit margin {margin:.4g}: distance {score:.4g} {sign} "
+            f"{self.cutoff:.4g}", score=score,
+        )
 
 
 def replay(

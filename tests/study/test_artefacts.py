@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from verifier.network import load_onnx
-from worker.codec import decode_input
+from worker.formats.codec import decode_input
+from worker.formats.recording import read_recording
 from worker.profile import check_model, load_profile
-from worker.replay import read_recording
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 STREAM = MODELS / "demo-stream.rgr"

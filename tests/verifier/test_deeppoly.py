@@ -288,9 +288,9 @@ def test_cnn_margins_tighter_than_deepzono_and_intervals():
 
 def test_pgd_finds_nothing_inside_the_cnn_radius():
     """No PGD point in the DeepPoly-certified ball changes the class (a hit is a soundness
-    bug). The attack is tests/test_soundness_attack.py's; a short run of it succeeds at 6x
+    bug). The attack is tests/verifier/test_soundness_attack.py's; a short run of it succeeds at 6x
     the radius on some inputs, so its silence inside is not idleness."""
-    from tests.test_soundness_attack import _confirmed, onnx, onnx2torch, pgd, torch
+    from tests.verifier.test_soundness_attack import _confirmed, onnx, onnx2torch, pgd, torch
 
     net, xs, ys, _ = _mnist("cnn-6-16-128-relu", 20)
     plan = Plan.of(net, DEEPPOLY)

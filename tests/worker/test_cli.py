@@ -17,14 +17,14 @@ from PIL import Image
 
 from tests.kafka_fixtures import JAR_CACHE
 from verifier.network import load_onnx
-from worker import broker
 from worker.cli import main
-from worker.codec import decode_input
-from worker.config import ConfigError, ServiceConfig, client_settings, kafka_settings
-from worker.demo import Tally, format_report
+from worker.formats.codec import decode_input
+from worker.formats.recording import Recorded, read_recording, records_from_arrays, write_recording
+from worker.kafka.config import ConfigError, ServiceConfig, client_settings, kafka_settings
+from worker.local import broker
+from worker.local.demo import Tally, format_report
 from worker.metrics import Metrics, _route
 from worker.profile import calibrate, load_profile, save_profile
-from worker.replay import Recorded, read_recording, records_from_arrays, write_recording
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 

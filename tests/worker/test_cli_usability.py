@@ -19,18 +19,18 @@ import onnx
 import pytest
 
 from verifier.network import load_onnx
-from worker import broker
-from worker.bootstrap import BrokerUnreachable, bootstrap_addresses, wait_for_broker
 from worker.cli import build_parser, main
-from worker.config import ConfigError
-from worker.paths import cache_dir
-from worker.replay import (
+from worker.formats.recording import (
     Recorded,
     ReplayFileError,
     check_recording,
     read_recording,
     write_recording,
 )
+from worker.kafka.bootstrap import BrokerUnreachable, bootstrap_addresses, wait_for_broker
+from worker.kafka.config import ConfigError
+from worker.local import broker
+from worker.paths import cache_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 FNN = ROOT / "models" / "fnn-3x30-relu.onnx"

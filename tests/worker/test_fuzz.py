@@ -29,7 +29,14 @@ from fuzz.codec_fuzz import (
 from verifier.network import Dense, Network, Relu
 from verifier.score import plan_for
 from verifier.walk import Plan
-from worker.codec import DEFAULT_STREAM, InputRecord, Invalid, Limits, decode_input, encode_input
+from worker.formats.codec import (
+    DEFAULT_STREAM,
+    InputRecord,
+    Invalid,
+    Limits,
+    decode_input,
+    encode_input,
+)
 from worker.processor import BatchResult, Processor, Record, Scorer, process_all
 from worker.profile import CalibrationStats, Profile, VerifierSettings
 

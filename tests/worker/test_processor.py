@@ -12,7 +12,7 @@ import pytest
 from verifier.network import load_onnx
 from verifier.score import RadiusResult, plan_for, score_many
 from verifier.walk import Plan
-from worker.codec import encode_input
+from worker.formats.codec import encode_input
 from worker.processor import Processor, Record, Scorer, process_all
 from worker.profile import CalibrationStats, Profile, VerifierSettings
 from worker.validate import WindowState
@@ -207,7 +207,7 @@ def test_kafka_settings_the_worker_owns_are_refused() -> None:
     """A kafka config that would clash with the worker's own client arguments fails clearly."""
     from pathlib import Path
 
-    from worker.config import ConfigError, ServiceConfig
+    from worker.kafka.config import ConfigError, ServiceConfig
 
     for key in ("transaction_timeout_ms", "isolation_level", "group_id"):
         with pytest.raises(ConfigError, match=key):

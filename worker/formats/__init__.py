@@ -1,0 +1,1 @@
+"""Wire and file formats: input and verdict records, recorded streams."""

@@ -1,0 +1,1 @@
+"""The Kafka stream worker: consumer-group service, its settings and pipeline."""

@@ -1,0 +1,1 @@
+"""Off the serving path: a local Apache Kafka broker and the demo."""

@@ -1,0 +1,100 @@
+"""The validation policies, in one registry: policy name -> validator built from a profile.
+
+Every validator takes the same per-input signals (radius, logit margin) and a state, so a
+stream runs any policy the same way; a new policy is one entry in POLICIES.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from worker.validate import (
+    Decision,
+    DistributionValidator,
+    ThresholdValidator,
+)
+
+if TYPE_CHECKING:
+    from worker.profile import Profile
+
+__all__ = ["POLICIES", "PolicyValidator", "Signals", "logit_margins", "make_validator"]
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What the verifier and the network say about one input (radius None: invalid)."""
+
+    radius: float | None
+    margin: float | None = None
+
+
+@dataclass(frozen=True)
+class PolicyValidator:
+    """A policy bound to a profile: `step` decides one input and returns the next state;
+    rule is the underlying validator object (e.g. a ThresholdValidator)."""
+
+    name: str
+    rule: Any
+    initial: Any
+    decide: Callable[[Any, Signals, int | None], tuple[Decision, Any]]
+    needs_margin: bool = False
+
+    def initial_state(self) -> Any:
+        """The state of a new stream."""
+        return self.initial
+
+    def step(
+        self, state: Any, signals: Signals, offset: int | None = None
+    ) -> tuple[Decision, Any]:
+        """Decide one input in stream order."""
+        return self.decide(state, signals, offset)
+
+
+def _threshold(profile: Profile) -> PolicyValidator:
+    v = ThresholdValidator(profile.threshold)
+    return PolicyValidator("threshold", v, None, lambda s, sig, off: v.step(s, sig.radius, off))
+
+
+def _distribution(profile: Profile) -> PolicyValidator:
+    v = DistributionValidator(profile.sigma0, profile.sigma1, profile.window_size)
+    return PolicyValidator(
+        "distribution", v, v.initial_state(profile.seed_window),
+        lambda s, sig, off: v.step(s, sig.radius, off),
+    )
+
+
+def _consistency(profile: Profile) -> PolicyValidator:
+    if profile.consistency is None:
+        raise ValueError(
+            f"profile {profile.name} has no consistency parameters (recalibrate it with this "
+            "version of radiusguard)"
+        )
+    v = profile.consistency
+    return PolicyValidator(
+        "consistency", v, None, lambda s, sig, off: (v.check(sig.radius, sig.margin), s), True
+    )
+
+
+POLICIES: dict[str, Callable[[Profile], PolicyValidator]] = {
+    "threshold": _threshold,
+    "distribution": _distribution,
+    "consistency": _consistency,
+}
+
+
+def make_validator(profile: Profile, policy: str | None = None) -> PolicyValidator:
+    """The validator of `policy` (default: the profile's own) with the profile's parameters."""
+    name = policy or profile.policy
+    if name not in POLICIES:
+        raise ValueError(f"policy must be one of {tuple(POLICIES)}, got {name!r}")
+    return POLICIES[name](profile)
+
+
+def logit_margins(logits: np.ndarray) -> np.ndarray:
+    """Top logit minus the runner-up, per row of [N, classes] logits."""
+    top2 = np.sort(np.atleast_2d(np.asarray(logits, np.float64)), axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
