@@ -326,13 +326,13 @@ def _pool(prep: tuple[np.ndarray, int, int], state: PolyState) -> PolyState:
     ELINA does) show it >= every other input of the window."""
     windows, n_in, npos = prep
     lo, hi = _input_bounds(state, len(state.nodes))
-    best, dominated, umax, out_lo, out_hi, mag = R.pool_relax(lo, hi, windows)
+    best, dominated, top, slope, off, out_lo, out_hi, mag = R.pool_relax(lo, hi, windows)
     won = _proved(state, lo, hi, windows, npos, best, ~dominated)
     dominated[won] = True
     out_hi[won] = hi[best[won]]
 
     def back(rows: Rows) -> Rows:
-        return K.pool_step(*rows, best, dominated, umax, mag, n_in)
+        return K.pool_step(*rows, best, dominated, top, slope, off, mag, n_in)
 
     return _push(state, _Node(back, out_lo, out_hi))
 

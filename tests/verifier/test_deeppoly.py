@@ -185,6 +185,18 @@ def test_maxpool_live_input_beats_dead_ones_at_equal_lower_bounds():
     assert got == pytest.approx(0.0, abs=1e-12) and got <= 0.0
 
 
+def test_maxpool_upper_line_through_the_top_input():
+    # channel 0 pools (x1, x2) with x1 in [0.5, 1], x2 in [0, 0.6]: undecided, so the upper
+    # line runs from (0.5, 0.6) to (1, 1): y0 <= 0.8 x1 + 0.2. Channel 1 pools (x1, x1 - 10),
+    # so y1 = x1, and y1 - y0 >= 0.2 x1 - 0.2 >= -0.1, which is exact (x1 = 0.5, x2 = 0.6);
+    # the constant upper bound max u = 1 would give -0.5
+    spread = Dense(np.array([[1.0, 0], [0, 1], [1, 0], [1, 0]]), np.array([0.0, 0, 0, -10]))
+    pool = MaxPool((2, 1, 2), (2, 1, 1), (1, 2), (1, 2), (0, 0, 0, 0))
+    plan = _plan([spread, pool], (2,), 2)
+    got = _lower(plan, _box([0.5, 0.0], [1.0, 0.6]), [-1.0, 1.0])
+    assert got == pytest.approx(-0.1, abs=1e-12) and got <= -0.1
+
+
 # ----------------------------------------------------------------------------- random nets
 
 
