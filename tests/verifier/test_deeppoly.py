@@ -339,3 +339,21 @@ def test_fnn_radius_below_exact_milp():
             f"class {res.target} lies at {res.radius}"
         )
     assert np.mean(poly) >= np.mean(zono)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_conv_pool_radius_below_exact_milp(seed: int) -> None:
+    """Random conv / ReLU / max-pool nets: the MILP finds no adversarial point within the
+    DeepPoly radius (the max-pool relaxation and its upper line included)."""
+    from tests.verifier.test_exact import random_conv_net
+    from verifier.exact import exact_radius
+
+    net = random_conv_net(seed)
+    plan = Plan.of(net, DEEPPOLY)
+    rng = np.random.default_rng(300 + seed)
+    for _ in range(3):
+        x = rng.uniform(0, 1, 36)
+        label = net.predict(x)
+        r = _radius(plan, x, label)
+        res = exact_radius(net, x, max_eps=r, label=label)
+        assert res.status == "beyond_max_eps", (seed, x.tolist(), r, res)
