@@ -8,7 +8,9 @@ computed when first needed, so a final affine layer is only used through the pro
 Two savings that leave every relaxation as full back-substitution would make it: a ReLU
 after a fully connected layer stops back-substituting the rows of neurons that intervals
 already show stable (their relaxation is fixed; they keep interval bounds), and max-pool
-outputs take interval bounds. Max-pool dominance is also tested relationally (ELINA).
+outputs take interval bounds. As in ELINA, max-pool dominance is also tested on
+back-substituted differences, and an undominated output's upper bound is a line through the
+input with the largest upper bound (verifier.deeppoly_relax.pool_relax), not a constant.
 Back-substitution is blocked (verifier.deeppoly_kernels): the rows of one convolution
 position share a small support, and a fully connected layer's rows share all of it.
 Why the results are sound in floating point: the docstrings of verifier.deeppoly_kernels
