@@ -3,12 +3,18 @@
 A state is the history of the layers seen so far: for each, how to back-substitute linear
 bounds through it (its matrix, or its lower and upper relaxation lines) and its concrete
 bounds. An affine layer's bounds come from back-substituting its rows through every layer to
-the input box, as the paper and ERAN do; on the way down each row is also concretised on
-every layer's bounds and the best of these sound bounds is kept. They are computed when
-first needed, so a final affine layer is only ever used through the property.
+the input box, as the paper and ERAN do, intersected with interval arithmetic; they are
+computed when first needed, so a final affine layer is only used through the property.
+Two savings that leave every relaxation as full back-substitution would make it: a ReLU
+after a fully connected layer stops back-substituting the rows of neurons that intervals
+already show stable (their relaxation is fixed; they keep interval bounds), and max-pool
+outputs take interval bounds. As in ELINA, max-pool dominance is also tested on
+back-substituted differences, and an undominated output's upper bound is a line through the
+input with the largest upper bound (verifier.deeppoly_relax.pool_relax), not a constant.
 Back-substitution is blocked (verifier.deeppoly_kernels): the rows of one convolution
 position share a small support, and a fully connected layer's rows share all of it.
-Why the results are sound in floating point: the docstring of verifier.deeppoly_kernels.
+Why the results are sound in floating point: the docstrings of verifier.deeppoly_kernels
+and verifier.deeppoly_relax.
 """
 
 from __future__ import annotations
@@ -304,21 +310,31 @@ def _prepare_pool(layer: MaxPool) -> tuple[np.ndarray, int, int]:
     return windows.astype(np.int64), c * h * w, oh * ow
 
 
+def _proved(state: PolyState, lo, hi, windows, npos: int, cand, open_) -> np.ndarray:
+    """The outputs o with open_[o] whose input cand[o] back-substitution proves >= every
+    other input of the window."""
+    rows, todo = R.pool_pair_rows(lo, hi, windows, cand, ~open_, npos)
+    if not todo.size:
+        return np.empty(0, dtype=np.int64)
+    low = _lower_of(state, len(state.nodes), rows)  # [positions, channels * (taps - 1)]
+    proved = np.all(low.reshape(todo.size, -1, max(windows.shape[1] - 1, 1)) >= 0.0, axis=2)
+    won = (np.arange(proved.shape[1])[None, :] * npos + todo[:, None])[proved]
+    return won[open_[won]]
+
+
 def _pool(prep: tuple[np.ndarray, int, int], state: PolyState) -> PolyState:
+    """DeepPoly max-pool. The input with the largest lower bound (the largest upper bound
+    among ties) dominates when intervals or, failing that, back-substituted differences (as
+    ELINA does) show it >= every other input of the window."""
     windows, n_in, npos = prep
     lo, hi = _input_bounds(state, len(state.nodes))
-    best, dominated, umax, out_lo, out_hi, mag = R.pool_relax(lo, hi, windows)
-    rows, todo = R.pool_pair_rows(lo, hi, windows, best, dominated, npos)
-    if todo.size:
-        low = _lower_of(state, len(state.nodes), rows)  # [positions, channels * (taps - 1)]
-        proved = np.all(low.reshape(todo.size, -1, max(windows.shape[1] - 1, 1)) >= 0.0, axis=2)
-        won = (np.arange(proved.shape[1])[None, :] * npos + todo[:, None])[proved]
-        won = won[~dominated[won]]
-        dominated[won] = True
-        out_hi[won] = hi[best[won]]
+    best, dominated, top, slope, off, out_lo, out_hi, mag = R.pool_relax(lo, hi, windows)
+    won = _proved(state, lo, hi, windows, npos, best, ~dominated)
+    dominated[won] = True
+    out_hi[won] = hi[best[won]]
 
     def back(rows: Rows) -> Rows:
-        return K.pool_step(*rows, best, dominated, umax, mag, n_in)
+        return K.pool_step(*rows, best, dominated, top, slope, off, mag, n_in)
 
     return _push(state, _Node(back, out_lo, out_hi))
 

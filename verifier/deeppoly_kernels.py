@@ -241,9 +241,10 @@ def relax_step(bptr, sup, T, c, err, lo_slope, lo_off, up_slope, up_off, mag):
 
 
 @njit(cache=True, nogil=True)
-def pool_step(bptr, sup, T, c, err, best, dominated, umax, mag, n_in):
-    """Back through a max-pool: y_o >= x_best(o) always, y_o <= x_best(o) when that input
-    dominates its window, else y_o <= umax_o. Outputs sharing a best input are summed."""
+def pool_step(bptr, sup, T, c, err, best, dominated, top, slope, off, mag, n_in):
+    """Back through a max-pool: y_o >= x_best(o) always; y_o <= x_best(o) when that input
+    dominates its window, else y_o <= slope_o x_top(o) + off_o. Inputs reached from several
+    outputs are summed."""
     nb = bptr.shape[0] - 1
     k = T.shape[1]
     mark = np.full(n_in, -1, dtype=np.int64)
@@ -252,10 +253,11 @@ def pool_step(bptr, sup, T, c, err, best, dominated, umax, mag, n_in):
     for b in range(nb):
         cnt = 0
         for s in range(bptr[b], bptr[b + 1]):
-            i = best[sup[s]]
-            if mark[i] != b:
-                mark[i] = b
-                cnt += 1
+            o = sup[s]
+            for i in (best[o], top[o]):
+                if mark[i] != b and (i == best[o] or not dominated[o]):
+                    mark[i] = b
+                    cnt += 1
         out_ptr[b + 1] = out_ptr[b] + cnt
     out_sup = np.empty(out_ptr[nb], dtype=np.int64)
     out_T = np.zeros((out_ptr[nb], k))
@@ -270,26 +272,28 @@ def pool_step(bptr, sup, T, c, err, best, dominated, umax, mag, n_in):
         _open(c, b, cc, ee)
         for s in range(bptr[b], bptr[b + 1]):
             o = sup[s]
-            i = best[o]
-            if mark[i] != b:
-                mark[i] = b
-                slot[i] = nu
-                out_sup[nu] = i
-                nu += 1
-            row = out_T[slot[i]]
+            for i in (best[o], top[o]):
+                if mark[i] != b and (i == best[o] or not dominated[o]):
+                    mark[i] = b
+                    slot[i] = nu
+                    out_sup[nu] = i
+                    nu += 1
+            row = out_T[slot[best[o]]]
             ts = T[s]
-            dom = dominated[o]
-            uo = umax[o]
             mo = mag[o]
-            if dom:
+            if dominated[o]:
                 for r in range(k):
                     row[r] += ts[r]
                     ee[r] += abs(ts[r]) * mo
             else:
+                upper = out_T[slot[top[o]]]
+                a = slope[o]
+                bo = off[o]
                 for r in range(k):
                     t = ts[r]
                     row[r] += max(t, 0.0)
-                    cc[r] += min(t, 0.0) * uo
+                    upper[r] += min(t, 0.0) * a
+                    cc[r] += min(t, 0.0) * bo
                     ee[r] += abs(t) * mo
         _close(err, b, bptr[b + 1] - bptr[b] + 1, cc, ee, out_c, out_err)
     return out_ptr, out_sup, out_T, out_c, out_err

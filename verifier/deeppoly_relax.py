@@ -145,41 +145,67 @@ def smooth_relax(kind, lo, hi):
 def pool_relax(lo, hi, windows):
     """DeepPoly (ERAN) max-pool over windows [n_out, taps] of input ids (-1 = padding).
 
-    best: the input with the largest lower bound; dominated: its lower bound is >= every
-    other input's upper bound (then y = x_best exactly); umax: the largest upper bound.
-    Returns best, dominated, umax, out_lo, out_hi, mag (max |x| over the window).
+    best: the input with the largest lower bound (of those, the largest upper bound, so that
+    a live input beats dead ReLUs stuck at 0): y >= x_best. dominated: its lower bound is
+    >= every other input's upper bound (then y = x_best). Otherwise the upper line is
+    y <= a x_top + b, x_top the input with the largest upper bound u and U the largest upper
+    bound of the others: a = (u - U) / (u - l_top) (a hull facet of max over the box, as
+    ELINA's; at most max u on the box, so never looser than that constant).
+    Returns best, dominated, top, a, b, out_lo, out_hi, mag.
+
+    Soundness of the line for any float a in [0, 1]: x_j <= U <= a x_top + U - a l_top for
+    j != top, and x_top <= a x_top + (1 - a) u; b is the larger of the two offsets, rounded
+    up. mag bounds max|x| over the window and |a| max|x| + |b|.
     """
     n_out, taps = windows.shape
     best = np.empty(n_out, dtype=np.int64)
+    top = np.empty(n_out, dtype=np.int64)
     dominated = np.empty(n_out, dtype=np.bool_)
+    slope = np.zeros(n_out)
+    off = np.empty(n_out)
     umax = np.empty(n_out)
     out_lo = np.empty(n_out)
     mag = np.empty(n_out)
     for o in range(n_out):
         b = -1
+        tp = -1
         blo = -np.inf
-        top = -np.inf
         m = 0.0
         for t in range(taps):
             i = windows[o, t]
             if i < 0:
                 continue
-            if b < 0 or lo[i] > blo:
+            if b < 0 or lo[i] > blo or (lo[i] == blo and hi[i] > hi[b]):
                 b = i
                 blo = lo[i]
-            top = max(top, hi[i])
+            if tp < 0 or hi[i] > hi[tp]:
+                tp = i
             m = max(m, abs(lo[i]), abs(hi[i]))
         dom = True
+        second = -np.inf
         for t in range(taps):
             i = windows[o, t]
             if i >= 0 and i != b and hi[i] > blo:
                 dom = False
+            if i >= 0 and i != tp:
+                second = max(second, hi[i])
+        ut, lt = hi[tp], lo[tp]
+        a = 0.0
+        if ut > lt and second > -np.inf:
+            a = min(max((ut - second) / (ut - lt), 0.0), 1.0)
+        p1 = second - a * lt if second > -np.inf else -np.inf
+        bo = max(p1, (1.0 - a) * ut) + 4.0 * U * (
+            abs(ut) + abs(a * lt) + (abs(second) if second > -np.inf else 0.0)
+        ) + TINY
         best[o] = b
+        top[o] = tp
         dominated[o] = dom
-        umax[o] = top
+        slope[o] = a
+        off[o] = bo
+        umax[o] = ut
         out_lo[o] = blo
-        mag[o] = m
-    return best, dominated, umax, out_lo, umax.copy(), mag
+        mag[o] = max(m, a * m + abs(bo)) * (1.0 + 4.0 * U) + TINY
+    return best, dominated, top, slope, off, out_lo, umax, mag
 
 
 @njit(cache=True, nogil=True)

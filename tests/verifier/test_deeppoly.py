@@ -26,11 +26,12 @@ from verifier.network import (
     apply_layer,
     load_onnx,
 )
+from verifier.score import certified_radius
+from verifier.settings import VerifierSettings
 from verifier.walk import Plan, analyse, margins, output_bounds
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 SLICE = MODELS / "mnist_test_1000.npz"
-UP, TOL = 0.256, 0.001
 
 
 def _plan(layers, in_shape, n_out) -> Plan:
@@ -48,15 +49,9 @@ def _lower(plan: Plan, box: InputBox, row) -> float:
 
 
 def _radius(plan: Plan, x: np.ndarray, label: int) -> float:
-    """Bisection on [0, UP] to TOL: the largest eps probed at which every margin is > 0."""
-    lo, hi = 0.0, UP
-    while hi - lo >= TOL:
-        mid = 0.5 * (lo + hi)
-        if np.min(margins(plan, InputBox.linf(x, mid), label)) > 0:
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    """Bisection (Algorithm 1) on [0, 0.256] to 0.001 in the plan's domain."""
+    settings = VerifierSettings(domain=plan.domain.name, search="bisect")
+    return certified_radius(plan, x, settings, label)
 
 
 # ----------------------------------------------------------------------------- by hand
@@ -177,6 +172,31 @@ def test_maxpool_relational_dominance():
     assert got == pytest.approx(0.25, abs=1e-12) and got <= 0.25
 
 
+def test_maxpool_live_input_beats_dead_ones_at_equal_lower_bounds():
+    # after the ReLU, channel 0 pools (0, x, 0, 0) and channel 1 pools (x, 0, 0, 0), x in
+    # [0, 0.5]: all lower bounds are 0 and the tie goes to the input that can exceed 0, which
+    # then dominates the dead ones: y0 = y1 = x, so y0 - y1 >= 0 (had a dead input been picked:
+    # y0 >= 0 and y1 <= 0.5, so -0.5)
+    w = np.array([[0.0, 1, 0, 0, 1, 0, 0, 0]]).T
+    spread = Dense(w, np.where(w[:, 0] > 0, 0.0, -1.0))
+    pool = MaxPool((2, 2, 2), (2, 1, 1), (2, 2), (2, 2), (0, 0, 0, 0))
+    plan = _plan([spread, Relu(), pool], (1,), 2)
+    got = _lower(plan, _box([0.0], [0.5]), [1.0, -1.0])
+    assert got == pytest.approx(0.0, abs=1e-12) and got <= 0.0
+
+
+def test_maxpool_upper_line_through_the_top_input():
+    # channel 0 pools (x1, x2) with x1 in [0.5, 1], x2 in [0, 0.6]: undecided, so the upper
+    # line runs from (0.5, 0.6) to (1, 1): y0 <= 0.8 x1 + 0.2. Channel 1 pools (x1, x1 - 10),
+    # so y1 = x1, and y1 - y0 >= 0.2 x1 - 0.2 >= -0.1, which is exact (x1 = 0.5, x2 = 0.6);
+    # the constant upper bound max u = 1 would give -0.5
+    spread = Dense(np.array([[1.0, 0], [0, 1], [1, 0], [1, 0]]), np.array([0.0, 0, 0, -10]))
+    pool = MaxPool((2, 1, 2), (2, 1, 1), (1, 2), (1, 2), (0, 0, 0, 0))
+    plan = _plan([spread, pool], (2,), 2)
+    got = _lower(plan, _box([0.5, 0.0], [1.0, 0.6]), [-1.0, 1.0])
+    assert got == pytest.approx(-0.1, abs=1e-12) and got <= -0.1
+
+
 # ----------------------------------------------------------------------------- random nets
 
 
@@ -280,19 +300,24 @@ def test_cnn_margins_tighter_than_deepzono_and_intervals():
 
 def test_pgd_finds_nothing_inside_the_cnn_radius():
     """No PGD point in the DeepPoly-certified ball changes the class (a hit is a soundness
-    bug). The attack is tests/test_soundness_attack.py's; a short run of it succeeds at 6x
+    bug). The attack is tests/verifier/test_soundness_attack.py's; a short run of it succeeds at 6x
     the radius on some inputs, so its silence inside is not idleness."""
-    from tests.verifier.test_soundness_attack import _confirmed, onnx, onnx2torch, pgd
+    from tests.verifier.test_soundness_attack import _confirmed, onnx, onnx2torch, pgd, torch
 
     net, xs, ys, _ = _mnist("cnn-6-16-128-relu", 20)
     plan = Plan.of(net, DEEPPOLY)
     radii = np.array([_radius(plan, x, int(y)) for x, y in zip(xs, ys, strict=True)])
     assert np.all(radii > 0)
     model = onnx2torch.convert(onnx.load(str(MODELS / "cnn-6-16-128-relu.onnx"))).double().eval()
-    found, points = pgd(model, xs, ys, radii, restarts=3)
-    assert not _confirmed(net, xs, ys, radii, points).any() and not found.any()
-    found, points = pgd(model, xs, ys, 6.0 * radii, restarts=1, steps=50)
-    assert _confirmed(net, xs, ys, 6.0 * radii, points).sum() >= 3
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small batches run faster on one thread than on contended cores
+    try:
+        found, points = pgd(model, xs, ys, radii, restarts=2)
+        assert not _confirmed(net, xs, ys, radii, points).any() and not found.any()
+        found, points = pgd(model, xs, ys, 6.0 * radii, restarts=1, steps=50)
+        assert _confirmed(net, xs, ys, 6.0 * radii, points).sum() >= 3
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_fnn_radius_below_exact_milp():
@@ -314,3 +339,21 @@ def test_fnn_radius_below_exact_milp():
             f"class {res.target} lies at {res.radius}"
         )
     assert np.mean(poly) >= np.mean(zono)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_conv_pool_radius_below_exact_milp(seed: int) -> None:
+    """Random conv / ReLU / max-pool nets: the MILP finds no adversarial point within the
+    DeepPoly radius (the max-pool relaxation and its upper line included)."""
+    from tests.verifier.test_exact import random_conv_net
+    from verifier.exact import exact_radius
+
+    net = random_conv_net(seed)
+    plan = Plan.of(net, DEEPPOLY)
+    rng = np.random.default_rng(300 + seed)
+    for _ in range(3):
+        x = rng.uniform(0, 1, 36)
+        label = net.predict(x)
+        r = _radius(plan, x, label)
+        res = exact_radius(net, x, max_eps=r, label=label)
+        assert res.status == "beyond_max_eps", (seed, x.tolist(), r, res)
