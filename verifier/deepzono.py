@@ -18,6 +18,7 @@ import numpy as np
 
 from verifier import kernels as K
 from verifier.box import InputBox
+from verifier.conv_kernels import conv_taps, csr_conv
 from verifier.domain import Domain
 from verifier.network import Conv, Dense, MaxPool, Network, Relu, Scale, Sigmoid, Tanh
 from verifier.pool_kernels import csr_maxpool
@@ -104,7 +105,7 @@ def _prepare_dense(layer: Dense) -> tuple:
 
 
 def _prepare_conv(layer: Conv) -> tuple:
-    tap_k, wtap = K.conv_taps(
+    tap_k, wtap = conv_taps(
         np.ascontiguousarray(layer.weight, dtype=np.float64),
         *(np.array(v, np.int64) for v in (layer.in_shape, layer.out_shape, layer.stride,
                                           layer.pads)),
@@ -166,7 +167,7 @@ def _activation(kind: int):
 def _conv(arrays: tuple, z: Zonotope) -> Zonotope:
     z = z.to_csr()
     _, _, rad = z.bounds()
-    c, ptr, idx, val, beta, gsum = K.csr_conv(
+    c, ptr, idx, val, beta, gsum = csr_conv(
         z.c, z.indptr, z.idx, z.val, z.beta, rad, z.m, *arrays
     )
     return Zonotope(c, beta, z.m, indptr=ptr, idx=idx, val=val, gsum=gsum)

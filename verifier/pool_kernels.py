@@ -55,7 +55,7 @@ def csr_maxpool(c, indptr, idx, val, beta, lo, hi, gsum, m, in_shape, out_shape,
                 pads):
     """Max pooling of a CSR zonotope; returns (c, indptr, idx, val, beta, m, gsum) of the output.
 
-    gsum bounds each row's sum |G| (kernels.csr_conv); a row passed through keeps its own.
+    gsum bounds each row's sum |G| (conv_kernels.csr_conv); a row passed through keeps its own.
     """
     ch, h, w = in_shape[0], in_shape[1], in_shape[2]
     oh, ow = out_shape[1], out_shape[2]
