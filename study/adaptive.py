@@ -27,6 +27,7 @@ import numpy as np
 
 from verifier.network import Network, load_onnx
 from verifier.score import score_many
+from verifier.settings import VERIFIER_VERSION
 from worker.policy import POLICIES, Signals, logit_margins, make_validator
 from worker.profile import Profile, calibrate, load_profile, save_profile
 
@@ -107,7 +108,8 @@ def verified(net: Network, profile: Profile, xs: np.ndarray, cache: Path,
     """(radius, logit margin, predicted class) of each input, with the profile's search; cached."""
     xs = np.asarray(xs, np.float64).reshape(len(xs), net.input_size)
     v = profile.verifier
-    path = cache / f"radii-{_hash(net.sha256, xs, [v.up, v.tol, v.search])}.npz"
+    key = _hash(net.sha256, xs, [v.domain, v.up, v.tol, v.search, VERIFIER_VERSION])
+    path = cache / f"radii-{key}.npz"
     if path.is_file():
         with np.load(path) as z:
             return z["radius"], z["margin"], z["predicted"]
@@ -123,7 +125,8 @@ def network_profile(net: Network, x: np.ndarray, y: np.ndarray, cfg: AdaptiveCon
                     cache: Path) -> Profile:
     """The profile calibrated on the calibration slice (valid inputs only); cached."""
     a, b = cfg.calibration
-    path = cache / f"profile-{_hash(net.sha256, [a, b, cfg.max_false_alarm, cfg.window])}.json"
+    key = _hash(net.sha256, [a, b, cfg.max_false_alarm, cfg.window, VERIFIER_VERSION])
+    path = cache / f"profile-{key}.json"
     if path.is_file():
         return load_profile(path)
     profile = calibrate(net, x[a:b], y[a:b], cfg.max_false_alarm, cfg.window, jobs=cfg.jobs,

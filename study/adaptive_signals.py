@@ -34,6 +34,7 @@ from study.adaptive import (
 from verifier.check import margins
 from verifier.network import Network, load_onnx
 from verifier.score import plan_for
+from verifier.settings import VERIFIER_VERSION
 from worker.profile import false_alarm_threshold
 
 SLOPE_EPS = (0.002, 0.005, 0.01)
@@ -45,7 +46,7 @@ def features(net: Network, xs: np.ndarray, radius: np.ndarray, margin: np.ndarra
     """[N, 7]: log margin, log radius, log slope at each SLOPE_EPS, log runner-up slope at
     0.005, log smallest linearised class radius (all floored at 1e-3); cached."""
     xs = np.asarray(xs, np.float64).reshape(len(xs), net.input_size)
-    path = cache / f"margins-{_hash(net.sha256, xs, list(SLOPE_EPS))}.npy"
+    path = cache / f"margins-{_hash(net.sha256, xs, [*SLOPE_EPS, VERIFIER_VERSION])}.npy"
     if path.is_file():
         certified = np.load(path)
     else:

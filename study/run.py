@@ -31,7 +31,7 @@ from study.attacks import DEFAULT_ATTACKS, AttackSpec, LazyClassifier, attack_sp
 from study.data import REPO_ROOT
 from verifier.network import Conv, MaxPool, Network, Sigmoid, Tanh, load_onnx
 from verifier.score import plan_for, score_many
-from verifier.settings import VerifierSettings
+from verifier.settings import VERIFIER_VERSION, VerifierSettings
 
 log = logging.getLogger(__name__)
 
@@ -465,7 +465,7 @@ def radii_of(
     Seconds are each chunk's thread-seconds shared equally among its inputs (radii are
     computed in batches)."""
     xs = np.ascontiguousarray(xs, dtype=np.float32).reshape(len(xs), net.input_size)
-    key = cache.key("radii", net.sha256, cfg.domain, cfg.up, cfg.tol, cfg.search,
+    key = cache.key("radii", net.sha256, cfg.domain, VERIFIER_VERSION, cfg.up, cfg.tol, cfg.search,
                     hashlib.sha256(xs.tobytes()).hexdigest())
     hit = cache.load("radii", key)
     if hit is not None:

@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass
 
 DOMAIN_NAMES = ("deepzono", "deeppoly")
+# Part of every cache key of computed radii: raised whenever a change may move a radius.
+VERIFIER_VERSION = 2
 SEARCHES = ("bisect", "secant")
 
 
