@@ -436,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_kafka_options(p)
     p.add_argument("--model", required=True, help="ONNX model")
     p.add_argument("--profile", required=True, help="profile.json from `radiusguard calibrate`")
-    p.add_argument("--policy", choices=("threshold", "distribution"),
+    p.add_argument("--policy", choices=tuple(POLICIES),
                    help="default: the profile's policy")
     p.add_argument("--domain", choices=DOMAIN_NAMES,
                    help="expected domain; refused unless the profile was calibrated with it")

@@ -16,13 +16,11 @@ from verifier.score import RadiusResult, radius_result
 from verifier.settings import VerifierSettings
 from verifier.walk import Plan
 from worker.formats.codec import DEFAULT_STREAM, InputRecord, Invalid, Limits, Verdict, decode_input
+from worker.policy import Signals, logit_margins, make_validator
 from worker.profile import Profile
-from worker.validate import DistributionValidator, ThresholdValidator, WindowState
+from worker.validate import WindowState
 
 __all__ = ["BatchResult", "DeadLetter", "Processor", "Record", "Scorer", "process_all"]
-
-POLICIES = ("threshold", "distribution")
-
 
 @dataclass(frozen=True)
 class Record:
@@ -96,23 +94,18 @@ class Processor:
         limits: Limits | None = None,
         worker_id: str = "worker",
     ):
-        if policy not in POLICIES:
-            raise ValueError(f"policy must be 'threshold' or 'distribution', got {policy!r}")
+        self.validator = make_validator(profile, policy)  # any entry of worker.policy.POLICIES
         self.znet = znet
         self.profile = profile
-        self.policy = policy
+        self.policy = self.validator.name
         self.scorer = scorer
         self.limits = limits or Limits()
         self.worker_id = worker_id
-        self.threshold = ThresholdValidator(profile.threshold)
-        self.distribution = DistributionValidator(
-            profile.sigma0, profile.sigma1, profile.window_size
-        )
-        self._initial = self.distribution.initial_state(profile.seed_window)
 
-    def initial_state(self) -> WindowState:
-        """The window every new stream starts from: the profile's seed window."""
-        return self._initial
+    def initial_state(self) -> WindowState | None:
+        """The state every new stream starts from (the profile's seed window for Algorithm 2;
+        None for the stateless policies)."""
+        return self.validator.initial_state()
 
     def process(
         self, records: Sequence[Record], states: dict[tuple[int, str], WindowState]
@@ -150,12 +143,13 @@ class Processor:
                 )
                 result.verdicts.append((key, verdict))
                 continue
-            if self.policy == "threshold":
-                decision = self.threshold.check(score.radius)
-            else:
-                slot = (rec.partition, dec.stream)
-                state = current.get(slot) or self._initial
-                decision, state = self.distribution.step(state, score.radius, rec.offset)
+            margin = None
+            if self.validator.needs_margin:
+                margin = float(logit_margins(self.znet.net.forward(dec.x.reshape(-1)))[0])
+            slot = (rec.partition, dec.stream)
+            state = current.get(slot) or self.validator.initial_state()
+            decision, state = self.validator.step(state, Signals(score.radius, margin), rec.offset)
+            if state is not None:
                 current[slot] = state
                 result.states[slot] = state
             verdict = self._verdict(

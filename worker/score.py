@@ -45,7 +45,6 @@ def score_inputs(
     from verifier.score import plan_for
     from worker.formats.codec import encode_input
     from worker.inputs import load_inputs
-    from worker.processor import POLICIES as RUNS_ITSELF
     from worker.processor import Processor, Record, Scorer, process_all
     from worker.profile import check_model, load_profile
 
@@ -57,10 +56,8 @@ def score_inputs(
     znet = plan_for(net, profile.verifier)
     v = profile.verifier
     scorer = Scorer(znet, v, jobs)
-    native = validator.name in RUNS_ITSELF
     try:
-        processor = Processor(znet, profile, validator.name if native else "threshold", scorer,
-                              worker_id="score")
+        processor = Processor(znet, profile, validator.name, scorer, worker_id="score")
         records = [
             Record("score", 0, i, *encode_input(str(i), x, stream=STREAM, dtype="float64"))
             for i, x in enumerate(xs)
@@ -68,20 +65,14 @@ def score_inputs(
         verdicts = [v for _, v in process_all(processor, records, batch=batch).verdicts]
     finally:
         scorer.close()
-    if native:
-        return [Scored(i, v.predicted, v.radius, v.verdict, v.rule, v.pvalue)
-                for i, v in enumerate(verdicts)]
-    margins = logit_margins(net.forward(xs)) if validator.needs_margin else [None] * len(xs)
-    state = validator.initial_state()
-    out = []
-    for i, (v, margin) in enumerate(zip(verdicts, margins, strict=True)):
-        if v.radius is None:  # undecodable or unverifiable: the worker's invalid verdict
-            out.append(Scored(i, v.predicted, None, v.verdict, v.rule, None))
-            continue
-        decision, state = validator.step(state, Signals(v.radius, margin), i)
-        out.append(Scored(i, v.predicted, v.radius, decision.verdict, decision.rule,
-                          decision.pvalue, decision.score))
-    return out
+    scores: list[float | None] = [None] * len(xs)
+    if validator.needs_margin:  # a stateless score of (radius, margin): shown beside the verdict
+        margins = logit_margins(net.forward(xs))
+        scores = [None if v.radius is None else
+                  validator.step(None, Signals(v.radius, float(m)), i)[0].score
+                  for i, (v, m) in enumerate(zip(verdicts, margins, strict=True))]
+    return [Scored(i, v.predicted, v.radius, v.verdict, v.rule, v.pvalue, score)
+            for i, (v, score) in enumerate(zip(verdicts, scores, strict=True))]
 
 
 def _fmt(value: float | int | None) -> str:

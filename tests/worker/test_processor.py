@@ -213,3 +213,20 @@ def test_kafka_settings_the_worker_owns_are_refused() -> None:
         with pytest.raises(ConfigError, match=key):
             ServiceConfig(bootstrap="127.0.0.1:9092", model=Path("m.onnx"),
                           profile=Path("p.json"), kafka={key: 1})
+
+
+def test_consistency_policy_runs_in_the_processor(znet, scorer, images) -> None:
+    from worker.policy import logit_margins
+    from worker.profile import load_profile
+
+    prof = load_profile(ROOT / "models" / "fnn-3x30-relu.profile.json")
+    proc = Processor(znet, prof, "consistency", scorer)
+    result = process_all(proc, _records(images, ("a",)), batch=16)
+    xs = images.reshape(len(images), -1) / 255.0
+    radii = [r.radius for r in score_many(znet, xs, jobs=2)]
+    margins = logit_margins(znet.net.forward(xs))
+    want = [prof.consistency.check(r, float(m)) for r, m in zip(radii, margins, strict=True)]
+    got = [v for _, v in result.verdicts]
+    assert [(v.verdict, v.rule) for v in got] == [(d.verdict, d.rule) for d in want]
+    assert {v.verdict for v in got} == {"accept", "reject"}  # the noise images are rejected
+    assert result.states == {}

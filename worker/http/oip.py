@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from worker.formats.codec import DEFAULT_STREAM
+from worker.policy import POLICIES
 
 __all__ = [
     "DATATYPES",
@@ -40,7 +41,6 @@ OUTPUTS: dict[str, str] = {
     "rule": "BYTES",
     "reason": "BYTES",
 }
-POLICIES = ("threshold", "distribution")
 MAX_STREAM_CHARS = 256
 
 

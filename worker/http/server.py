@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -26,7 +27,6 @@ import structlog
 
 from worker.argtypes import port_number, positive_int
 from worker.http.oip import (
-    POLICIES,
     InferRequest,
     Outcome,
     RequestError,
@@ -36,6 +36,7 @@ from worker.http.oip import (
 )
 from worker.kafka.config import ConfigError
 from worker.metrics import LATENCY_BUCKETS, Metrics
+from worker.policy import POLICIES, Signals, logit_margins, make_validator
 from worker.validate import WindowState
 
 __all__ = ["HttpServeError", "InferenceModel", "add_arguments", "build_app", "run"]
@@ -55,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=port_number, required=True,
                    help="port to listen on (0: any free port, printed at start)")
-    p.add_argument("--policy", choices=POLICIES,
+    p.add_argument("--policy", choices=tuple(POLICIES),
                    help="default policy (a request's parameters.policy overrides it); "
                    "default: the profile's")
     p.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 1,
@@ -91,8 +92,11 @@ class InferenceModel:
         self.scorer = Scorer(plan_for(net, v), v, jobs)
         # Request threads only wait for the scorer's pool; the scorer's threads do the work.
         self.waiters = ThreadPoolExecutor(max_workers=4 * jobs + 4, thread_name_prefix="request")
-        self.validators = {p: self.profile.validator(p) for p in POLICIES}
-        self.seed = self.profile.initial_state()
+        self.validators = {}
+        for p in POLICIES:  # every policy the profile has parameters for
+            with contextlib.suppress(ValueError):
+                self.validators[p] = make_validator(self.profile, p)
+        self.validators[self.policy] = make_validator(self.profile, self.policy)
         self.windows: OrderedDict[str, WindowState] = OrderedDict()
         self.max_streams = max_streams
         # The worker's metrics (inputs by verdict, radii; its Kafka ones stay at zero here) and
@@ -133,21 +137,28 @@ class InferenceModel:
         loop = asyncio.get_running_loop()
         results = await loop.run_in_executor(self.waiters, self.scorer.score, list(req.xs))
         policy = req.policy or self.policy
-        validator = self.validators[policy]
+        validator = self.validators.get(policy)
+        if validator is None:
+            raise RequestError(f"profile {self.profile.name} has no parameters for policy {policy}")
+        margins = [None] * len(results)
+        if validator.needs_margin:
+            margins = list(logit_margins(self.net.forward(np.stack([x.reshape(-1)
+                                                                    for x in req.xs]))))
+        stateful = validator.initial_state() is not None
         state = None
-        if policy == "distribution":  # from here to the store below, no await: atomic
-            state = self.windows.get(req.stream, self.seed)
+        if stateful:  # from here to the store below, no await: atomic
+            state = self.windows.get(req.stream, validator.initial_state())
         outcomes = []
-        for res in results:
+        for res, margin in zip(results, margins, strict=True):
             if isinstance(res, Exception):
                 outcomes.append(Outcome("invalid", -1.0, -1, "verify",
                                         f"verification failed: {type(res).__name__}: {res}"))
                 continue
-            decision, state = validator.step(state, res.radius)
+            decision, state = validator.step(state, Signals(res.radius, margin))
             outcomes.append(Outcome(decision.verdict, res.radius, res.predicted, decision.rule,
                                     decision.reason))
             self.metrics.radius.observe(res.radius)
-        if policy == "distribution":
+        if stateful:
             self.windows[req.stream] = state
             self.windows.move_to_end(req.stream)
             while len(self.windows) > self.max_streams:

@@ -8,6 +8,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worker.policy import POLICIES
+
 
 class ConfigError(ValueError):
     """A configuration value is missing or malformed."""
@@ -17,7 +19,6 @@ SECRET_KEYS = ("sasl_plain_password", "ssl_password", "sasl_oauth_token_provider
 SECRET_WORDS = ("password", "secret", "token")
 
 
-POLICIES = ("threshold", "distribution")
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class ServiceConfig:
         if not self.bootstrap or not isinstance(self.bootstrap, str):
             raise ConfigError("bootstrap servers (host:port[,...]) are required")
         if self.policy is not None and self.policy not in POLICIES:
-            raise ConfigError(f"policy must be threshold or distribution, got {self.policy!r}")
+            raise ConfigError(f"policy must be one of {tuple(POLICIES)}, got {self.policy!r}")
         for name in ("input_topic", "output_topic", "group", "worker_id"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} must not be empty")

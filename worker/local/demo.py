@@ -25,6 +25,7 @@ from pathlib import Path
 
 from worker.argtypes import positive_float, positive_int
 from worker.paths import broker_data_dir, jar_cache_dir
+from worker.policy import POLICIES
 
 __all__ = ["CATEGORIES", "DemoError", "Tally", "add_arguments", "format_report", "run_demo"]
 
@@ -45,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", type=Path, default=DEFAULT_STREAM, help="recording (.rgr)")
     p.add_argument("--workers", type=positive_int, default=2, help="worker processes")
     p.add_argument("--jobs", type=positive_int, default=1, help="verifier threads per worker")
-    p.add_argument("--policy", choices=("threshold", "distribution"), default="threshold",
+    p.add_argument("--policy", choices=tuple(POLICIES), default="threshold",
                    help="threshold, or distribution (Algorithm 2)")
     pace = p.add_mutually_exclusive_group()
     pace.add_argument("--speed", type=positive_float, default=1.0,
