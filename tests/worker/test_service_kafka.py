@@ -449,15 +449,15 @@ def test_aborted_transaction_is_redone_exactly_once(
     original = service._commit
     calls: list[int] = []
 
-    def flaky(records, result, consumer, producer) -> None:
+    def flaky(batch, producer) -> None:
         """The third batch writes its verdicts and windows, then fails before committing."""
-        calls.append(len(records))
+        calls.append(len(batch.records))
         if len(calls) != 3:
-            return original(records, result, consumer, producer)
+            return original(batch, producer)
         producer.begin_transaction()
-        for key, verdict in result.verdicts:
+        for key, verdict in batch.result.verdicts:
             producer.send(cfg.output_topic, key=key, value=encode_verdict(verdict))
-        for (partition, stream), state in result.states.items():
+        for (partition, stream), state in batch.result.states.items():
             poisoned = replace(state, radii=tuple(0.0 for _ in state.radii))
             producer.send(cfg.changelog_topic, key=stream.encode(), value=poisoned.to_bytes(),
                           partition=partition)
