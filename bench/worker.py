@@ -6,10 +6,13 @@ machine may be shared); asserts nothing.
     python -m bench.worker [--models fnn-3x30-relu,cnn-6-16-128-relu] [--n 400]
                            [--half-load-s 20] [--bootstrap HOST:PORT]
 
-Each model gets a quick profile (calibrated on other images) unless models/<name>.profile.json
-exists. Without --bootstrap a local broker is started (and stopped) for the run. Workers run as
-`radiusguard serve` subprocesses with 2 verifier threads in all: one worker x 2 threads, or two
-workers x 1 thread, the same budget as the offline certified_radii(jobs=2).
+Latency is from the send to the moment a read_committed reader has the verdict; the reader asks
+the broker to hold empty fetches 10 ms at most (with kafka-python's 500 ms default, a verdict on
+a partition left out of the fetch in flight would wait for it, and the reader, not the worker,
+would set the tail). Each model gets a quick profile (calibrated on other images) unless
+models/<name>.profile.json exists. Without --bootstrap a local broker is started (and stopped)
+for the run. Workers run as `radiusguard serve` subprocesses with 2 verifier threads in all: one
+worker x 2 threads, or two workers x 1 thread, the same budget as certified_radii(jobs=2).
 """
 
 from __future__ import annotations
@@ -232,7 +235,7 @@ def through_kafka(bootstrap: str, model: Path, profile: Path, xs: np.ndarray, wo
     group = Workers(bootstrap, model, profile, topic, out, workers, log_dir)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                              isolation_level="read_committed", enable_auto_commit=False,
-                             fetch_max_wait_ms=100)
+                             fetch_max_wait_ms=10)  # see the module docstring
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
     try:
         group.wait_ready()

@@ -58,6 +58,11 @@ log = structlog.get_logger("radiusguard.worker")
 # Room for a dead letter's key, headers and batch framing beyond its value.
 _DEAD_LETTER_OVERHEAD = 64 << 10
 
+# How long the broker may hold an empty fetch. The client keeps one fetch per broker in flight
+# and leaves out partitions whose records it still buffers, so a record arriving on such a
+# partition waits for that fetch to return: up to kafka-python's default 500 ms without this.
+_FETCH_MAX_WAIT_MS = 20
+
 
 class ServiceError(RuntimeError):
     """The worker cannot go on (fenced by another instance, state not restorable)."""
@@ -227,11 +232,13 @@ class Service:
                     server = MetricsServer(self.metrics, cfg.metrics_host, cfg.metrics_port)
                     self.metrics_port = server.port
                     log.info("metrics", url=f"http://{cfg.metrics_host}:{server.port}/metrics")
+                settings = client_settings(KafkaConsumer, cfg.kafka)
+                settings.setdefault("fetch_max_wait_ms", _FETCH_MAX_WAIT_MS)
                 consumer = KafkaConsumer(
                     bootstrap_servers=cfg.bootstrap, group_id=cfg.group,
                     client_id=cfg.worker_id, enable_auto_commit=False,
                     auto_offset_reset="earliest", isolation_level="read_committed",
-                    max_poll_records=cfg.max_batch, **client_settings(KafkaConsumer, cfg.kafka),
+                    max_poll_records=cfg.max_batch, **settings,
                 )
                 restorer = WindowRestorer(cfg)
                 self._producer = self._new_producer()
