@@ -95,7 +95,8 @@ class _Listener(ConsumerRebalanceListener):
         self.service = service
 
     def on_partitions_revoked(self, revoked) -> None:
-        """Before a rebalance: the windows of these partitions are no longer ours."""
+        """Before a rebalance: the running commit completes (a few ms, at most the transaction
+        timeout, well within the session timeout), then these partitions' windows are dropped."""
         self.service._revoke({tp.partition for tp in revoked})
 
     def on_partitions_assigned(self, assigned) -> None:
