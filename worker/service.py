@@ -518,19 +518,19 @@ class Service:
 
 
 def _queued(consumer: KafkaConsumer) -> int | None:
-    """Records waiting on the assigned partitions as of the last fetch (high watermark minus
-    position, no request); None while a partition's is not known yet."""
-    total = 0
+    """Records waiting on the assigned partitions as of the last fetches (high watermark minus
+    position, no request), over the partitions whose high watermark is known; None if none is
+    (kafka-python learns it when it parses a partition's fetched records)."""
+    total, known = 0, False
     try:
         for tp in consumer.assignment():
             high = consumer.highwater(tp)
             pos = consumer.position(tp, timeout_ms=0)
-            if high is None or pos is None:
-                return None
-            total += max(0, high - pos)
+            if high is not None and pos is not None:
+                total, known = total + max(0, high - pos), True
     except (KafkaError, AssertionError):
         return None  # assignment changing under us: fall back to the small batch
-    return total
+    return total if known else None
 
 
 def _partitions(admin: KafkaAdminClient, topic: str, wait_s: float = 0.0) -> int:
