@@ -31,7 +31,7 @@ from worker.cli import main
 from worker.codec import decode_verdict, encode_input, encode_verdict
 from worker.config import ConfigError, ServiceConfig
 from worker.profile import Profile, calibrate, save_profile
-from worker.service import Service, WindowRestorer
+from worker.service import Service, WindowRestorer, _queued
 
 pytestmark = [pytest.mark.kafka, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
@@ -435,6 +435,30 @@ def test_rebalance_waits_for_the_commit_in_flight(
     assert {v["worker"] for v in verdicts} == {"a", "b"}
     assert "a" in overlaps  # scoring went on while a commit was running
     assert _by_stream(verdicts) == reference["distribution"]
+
+
+class _Positions:
+    """A consumer's assignment, high watermarks and positions, as kafka-python reports them."""
+
+    def __init__(self, marks: dict[int, tuple[int | None, int]]):
+        self.marks = {TopicPartition("in", p): m for p, m in marks.items()}
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.marks)
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self.marks[tp][0]
+
+    def position(self, tp: TopicPartition, timeout_ms: int | None = None) -> int:
+        return self.marks[tp][1]
+
+
+def test_queue_counts_the_partitions_whose_high_watermark_is_known() -> None:
+    # a high watermark is known once the client parsed a fetch of that partition: under a
+    # backlog, the others are still unknown, and the backlog must show (big batches)
+    assert _queued(_Positions({0: (900, 100), 1: (None, 0), 2: (50, 50)})) == 800
+    assert _queued(_Positions({0: (None, 0), 1: (None, 7)})) is None
+    assert _queued(_Positions({})) is None
 
 
 def test_malformed_records_become_invalid_verdicts_and_dead_letters(
