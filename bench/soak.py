@@ -184,7 +184,8 @@ def read_verdicts(bootstrap: str, ledger: Ledger, stop: threading.Event,
     """Read the verdict topic (read_committed) from its beginning into the ledger until stop."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                              isolation_level="read_committed", enable_auto_commit=False,
-                             client_id="soak-verdicts")
+                             client_id="soak-verdicts",
+                             fetch_max_wait_ms=10)  # see bench.worker: the reader's own wait
     try:
         deadline = time.monotonic() + 60
         while not (parts := consumer.partitions_for_topic(OUTPUT_TOPIC)):

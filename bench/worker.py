@@ -1,14 +1,18 @@
 """Worker speed through Kafka beside the offline verifier: end-to-end throughput at saturation
-with 1 and 2 workers, latency percentiles at half load, and the Kafka + codec overhead. Prints
-figures; asserts nothing.
+with 1 and 2 workers (and as a share of the same logic offline), latency percentiles at half
+load, and the Kafka + codec overhead. Prints figures and the load average of each run (the
+machine may be shared); asserts nothing.
 
     python -m bench.worker [--models fnn-3x30-relu,cnn-6-16-128-relu] [--n 400]
-                           [--bootstrap HOST:PORT]
+                           [--half-load-s 20] [--bootstrap HOST:PORT]
 
-Each model gets a quick profile (calibrated on other images) unless models/<name>.profile.json
-exists. Without --bootstrap a local broker is started (and stopped) for the run. Workers run as
-`radiusguard serve` subprocesses with 2 verifier threads in all: one worker x 2 threads, or two
-workers x 1 thread, the same budget as the offline score_many(jobs=2).
+Latency is from the send to the moment a read_committed reader has the verdict; the reader asks
+the broker to hold empty fetches 10 ms at most (with kafka-python's 500 ms default, a verdict on
+a partition left out of the fetch in flight would wait for it, and the reader, not the worker,
+would set the tail). Each model gets a quick profile (calibrated on other images) unless
+models/<name>.profile.json exists. Without --bootstrap a local broker is started (and stopped)
+for the run. Workers run as `radiusguard serve` subprocesses with 2 verifier threads in all: one
+worker x 2 threads, or two workers x 1 thread, the same budget as score_many(jobs=2).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from worker.profile import calibrate, load_profile, save_profile  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 STREAMS = 8
 PARTITIONS = 4
-HALF_LOAD_S = 12.0
+HALF_LOAD_S = 20.0
 
 
 @dataclass
@@ -56,6 +60,8 @@ class Run:
     seconds: float
     latencies: list[float]
     cpu: float  # seconds of worker CPU (all threads) from the first send to the last verdict
+    batch: float  # mean records per committed transaction (the workers' own metrics)
+    load: float  # 1-minute load average at the end of the run
 
     @property
     def rate(self) -> float:
@@ -176,6 +182,22 @@ class Workers:
             total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
         return total
 
+    def mean_batch(self) -> float:
+        """Mean records per committed transaction over all workers, from their /metrics."""
+        total = count = 0.0
+        for port in self.ports:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    text = r.read().decode()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.startswith("radiusguard_batch_size_sum "):
+                    total += float(line.split()[1])
+                elif line.startswith("radiusguard_batch_size_count "):
+                    count += float(line.split()[1])
+        return total / count if count else float("nan")
+
     def stop(self) -> None:
         """SIGTERM every worker (they commit and leave), SIGKILL after 30 s."""
         for p in self.procs:
@@ -213,7 +235,7 @@ def through_kafka(bootstrap: str, model: Path, profile: Path, xs: np.ndarray, wo
     group = Workers(bootstrap, model, profile, topic, out, workers, log_dir)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                              isolation_level="read_committed", enable_auto_commit=False,
-                             fetch_max_wait_ms=100)
+                             fetch_max_wait_ms=10)  # see the module docstring
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
     try:
         group.wait_ready()
@@ -253,14 +275,15 @@ def through_kafka(bootstrap: str, model: Path, profile: Path, xs: np.ndarray, wo
                     last = now
         cpu = group.cpu() - cpu0
         thread.join()
-        return Run(workers, done, last - start, latencies, cpu)
+        return Run(workers, done, last - start, latencies, cpu, group.mean_batch(),
+                   os.getloadavg()[0])
     finally:
         producer.close()
         consumer.close()
         group.stop()
 
 
-def bench_model(name: str, n: int, bootstrap: str, tmp: Path) -> None:
+def bench_model(name: str, n: int, bootstrap: str, tmp: Path, half_load_s: float) -> None:
     """Offline and through-Kafka figures of one model, printed as a small table."""
     model = ROOT / "models" / f"{name}.onnx"
     znet = plan_for(load_onnx(model))
@@ -275,24 +298,30 @@ def bench_model(name: str, n: int, bootstrap: str, tmp: Path) -> None:
           f"{1000 * radius_s:.1f} ms")
     print(f"  offline worker logic (no Kafka):  {logic.rate:7.1f} inputs/s, "
           f"{1000 * logic.cpu_per_input:6.2f} CPU ms/input (decode, radii, Algorithm 2, verdicts)")
-    print(f"  {'workers':>7} {'inputs/s':>9} {'CPU ms/in':>9} {'Kafka overhead':>15} "
-          f"{'half load':>10} {'p50 ms':>7} {'p99 ms':>7} {'p99/radius':>10}")
+    print(f"  {'workers':>7} {'inputs/s':>9} {'offline':>7} {'CPU ms/in':>9} "
+          f"{'Kafka overhead':>15} {'batch':>5} {'half load':>10} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'p99/radius':>10} {'batch':>5} {'load':>9}")
     for workers in (1, 2):
         sat = through_kafka(bootstrap, model, profile, xs, workers, None, tmp)
         half_rate = sat.rate / 2
-        k = int(max(50, half_rate * HALF_LOAD_S))  # inputs cycled to last HALF_LOAD_S seconds
+        k = int(max(50, half_rate * half_load_s))  # inputs cycled to last half_load_s seconds
         half = through_kafka(bootstrap, model, profile, np.resize(xs, (k, *xs.shape[1:])),
                              workers, half_rate, tmp)
         cpu_in = sat.cpu / sat.inputs
         wall = 100.0 * (1.0 - sat.rate / logic.rate)
         cpu = 100.0 * (1.0 - logic.cpu_per_input / cpu_in) if cpu_in > 0 else float("nan")
-        print(f"  {workers:7d} {sat.rate:9.1f} {1000 * cpu_in:9.2f} {cpu:6.1f}% /{wall:6.1f}% "
+        print(f"  {workers:7d} {sat.rate:9.1f} {100 * sat.rate / logic.rate:6.1f}% "
+              f"{1000 * cpu_in:9.2f} {cpu:6.1f}% /{wall:6.1f}% {sat.batch:5.1f} "
               f"{half_rate:8.1f}/s {half.pct(50):7.1f} {half.pct(99):7.1f} "
-              f"{half.pct(99) / 1000 / radius_s:9.1f}x")
-    print("  Kafka overhead: throughput lost at saturation to Kafka, the codec and the "
-          "transactions, from CPU per input\n  (robust to other load) / from wall-clock inputs/s, "
-          "against the worker logic offline; p99/radius:\n  p99 send-to-committed-verdict latency "
-          "at half the saturated rate over the median certified-radius time")
+              f"{half.pct(99) / 1000 / radius_s:9.1f}x {half.batch:5.1f} "
+              f"{sat.load:4.1f}/{half.load:4.1f}")
+    print("  offline: saturated throughput as a share of the worker logic offline; Kafka "
+          "overhead: throughput lost at\n  saturation to Kafka, the codec and the transactions, "
+          "from CPU per input (robust to other load) / from\n  wall-clock inputs/s, against the "
+          "worker logic offline; batch: mean records per transaction; p99/radius:\n  p99 "
+          "send-to-committed-verdict latency at half the saturated rate over the median "
+          "certified-radius time;\n  load: 1-minute load average after the saturated / "
+          "half-load run (2 cores: above 2, other jobs take CPU)")
 
 
 def main() -> None:
@@ -300,6 +329,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="fnn-3x30-relu,cnn-6-16-128-relu")
     parser.add_argument("--n", type=int, default=400, help="inputs per saturation run")
+    parser.add_argument("--half-load-s", type=float, default=HALF_LOAD_S,
+                        help="seconds of input at half load (more: steadier p99)")
     parser.add_argument("--bootstrap", help="a running broker (default: start a local one)")
     args = parser.parse_args()
     names = [m for m in args.models.split(",") if (ROOT / "models" / f"{m}.onnx").is_file()]
@@ -314,7 +345,7 @@ def main() -> None:
         print(f"broker {bootstrap}; {os.cpu_count()} cores; load average "
               f"{os.getloadavg()[0]:.1f} at start")
         for name in names:
-            bench_model(name, args.n, bootstrap, Path(tmp))
+            bench_model(name, args.n, bootstrap, Path(tmp), args.half_load_s)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,12 @@ the offset it was committed with. Windows are restored from the changelog when a
 is assigned, in the poll loop (never inside the rebalance callback, which shares the client's
 network thread with the heartbeats), and only once every transaction that wrote to the
 changelog partition has completed, so a restored window is the last committed one.
+
+Batches are pipelined (worker.kafka.pipeline): batch k commits on the commit thread while the poll
+loop polls and scores batch k+1 from the windows batch k left. One transaction at a time: k+1
+is handed over only once k committed; if k aborted, k+1 is dropped and the partitions of both
+are re-read from their committed offsets and windows. A revocation waits for the running
+commit, so a partition changes owner only with everything processed on it committed.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import structlog
@@ -38,6 +45,7 @@ from verifier.network import load_onnx
 from verifier.score import plan_for
 from worker.formats.codec import Limits, encode_verdict
 from worker.kafka.config import ConfigError, ServiceConfig, client_settings
+from worker.kafka.pipeline import BatchSizer, CommitStage
 from worker.metrics import Metrics, MetricsServer
 from worker.processor import BatchResult, Processor, Record, Scorer
 from worker.profile import check_model, load_profile
@@ -50,6 +58,11 @@ log = structlog.get_logger("radiusguard.worker")
 # Room for a dead letter's key, headers and batch framing beyond its value.
 _DEAD_LETTER_OVERHEAD = 64 << 10
 
+# How long the broker may hold an empty fetch. The client keeps one fetch per broker in flight
+# and leaves out partitions whose records it still buffers, so a record arriving on such a
+# partition waits for that fetch to return: up to kafka-python's default 500 ms without this.
+_FETCH_MAX_WAIT_MS = 20
+
 
 class ServiceError(RuntimeError):
     """The worker cannot go on (fenced by another instance, state not restorable)."""
@@ -59,6 +72,22 @@ class RestoreError(ServiceError):
     """A changelog partition could not be read to its end in time."""
 
 
+@dataclass(frozen=True)
+class Batch:
+    """A scored batch on its way to the commit thread: the records, what they produced, the
+    offsets to commit and the group generation they were polled in (KIP-447 fencing)."""
+
+    records: list[Record]
+    result: BatchResult
+    offsets: dict[TopicPartition, OffsetAndMetadata]
+    group: object  # kafka-python's ConsumerGroupMetadata
+    polled_at: float  # time.monotonic() when the poll returned
+
+
+class _Aborted(Exception):
+    """A batch's transaction was aborted: its records (and those polled after) are re-read."""
+
+
 class _Listener(ConsumerRebalanceListener):
     """Records assignment changes; the poll loop does the work they imply."""
 
@@ -66,7 +95,8 @@ class _Listener(ConsumerRebalanceListener):
         self.service = service
 
     def on_partitions_revoked(self, revoked) -> None:
-        """Before a rebalance: the windows of these partitions are no longer ours."""
+        """Before a rebalance: the running commit completes (a few ms, at most the transaction
+        timeout, well within the session timeout), then these partitions' windows are dropped."""
         self.service._revoke({tp.partition for tp in revoked})
 
     def on_partitions_assigned(self, assigned) -> None:
@@ -161,6 +191,9 @@ class Service:
         self._stop = threading.Event()
         self._last_lag = 0.0
         self.metrics_port: int | None = None
+        self.sizer = BatchSizer(cfg.jobs, cfg.max_batch)
+        self._stage: CommitStage[Batch] | None = None
+        self._producer: KafkaProducer | None = None  # used by the commit thread once running
 
     @property
     def assignment(self) -> list[int]:
@@ -191,7 +224,7 @@ class Service:
         """Check the topics, join the group and process batches until stopped."""
         cfg = self.cfg
         server = None
-        consumer = producer = restorer = None
+        consumer = restorer = None
         try:
             with _naming_connect_failures(cfg):
                 self._check_topics()
@@ -199,32 +232,44 @@ class Service:
                     server = MetricsServer(self.metrics, cfg.metrics_host, cfg.metrics_port)
                     self.metrics_port = server.port
                     log.info("metrics", url=f"http://{cfg.metrics_host}:{server.port}/metrics")
+                settings = client_settings(KafkaConsumer, cfg.kafka)
+                settings.setdefault("fetch_max_wait_ms", _FETCH_MAX_WAIT_MS)
                 consumer = KafkaConsumer(
                     bootstrap_servers=cfg.bootstrap, group_id=cfg.group,
                     client_id=cfg.worker_id, enable_auto_commit=False,
                     auto_offset_reset="earliest", isolation_level="read_committed",
-                    max_poll_records=cfg.max_batch, **client_settings(KafkaConsumer, cfg.kafka),
+                    max_poll_records=cfg.max_batch, **settings,
                 )
                 restorer = WindowRestorer(cfg)
-                producer = self._new_producer()
+                self._producer = self._new_producer()
+            self._stage = CommitStage(self._commit_batch, name=f"commit-{cfg.worker_id}")
             consumer.subscribe([cfg.input_topic], listener=_Listener(self))
             log.info("started", worker=cfg.worker_id, group=cfg.group, topic=cfg.input_topic,
                      policy=self.policy, profile=self.profile.name, kafka=cfg.redacted_kafka())
             while not self._stop.is_set():
-                polled = consumer.poll(timeout_ms=cfg.poll_timeout_ms, max_records=cfg.max_batch)
-                if not self._restore_pending(restorer):
-                    break  # stopped while restoring: nothing of this poll is processed
+                polled = consumer.poll(timeout_ms=cfg.poll_timeout_ms,
+                                       max_records=self.sizer.size(_queued(consumer)))
+                polled_at = time.monotonic()
                 records = [
                     Record(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp or 0)
                     for tp, msgs in polled.items() for m in msgs
                 ]
+                if self._recover(consumer, {r.partition for r in records}):
+                    continue  # a commit failed: this poll is dropped and re-read with its batch
+                if not self._restore_pending(restorer):
+                    break  # stopped while restoring: nothing of this poll is processed
                 if records:
-                    producer = self._process(records, consumer, producer)
+                    self._process(records, consumer, polled_at)
                 self._update_lag(consumer)
         finally:
             self.metrics.alive = False
             self.metrics.ready = False
-            for client in (consumer, restorer, producer):
+            if self._stage is not None:
+                self._stage.close()  # the batch in flight commits (or aborts) first
+                failed = self._stage.failure()
+                if failed is not None and not isinstance(failed[1], _Aborted):
+                    log.warning("last commit failed", error=repr(failed[1]))
+            for client in (consumer, restorer, self._producer):
                 if client is not None:
                     try:
                         client.close()  # the consumer leaves the group: partitions move at once
@@ -250,18 +295,45 @@ class Service:
 
     # ------------------------------------------------------------------ one batch
 
-    def _process(self, records: list[Record], consumer: KafkaConsumer,
-                 producer: KafkaProducer) -> KafkaProducer:
-        """Verify a batch and commit it in one transaction; returns the producer to go on with
-        (a new one if the old one could not even abort)."""
-        t0 = time.monotonic()
+    def _process(self, records: list[Record], consumer: KafkaConsumer, polled_at: float) -> None:
+        """Score a batch (while the previous one commits) and hand it to the commit thread once
+        the previous one committed; drop it if that one aborted."""
         with self._lock:  # (restores ran right before: nothing owned is pending here)
             records = [r for r in records if r.partition in self._owned]
         if not records:
-            return producer
+            return
+        t0 = time.monotonic()
         result = self.processor.process(records, self.states)
+        self.sizer.scored(len(records), time.monotonic() - t0)
+        self._stage.drain()
+        if self._recover(consumer, {r.partition for r in records}):
+            return  # built on a batch that did not commit
+        self.states.update(result.states)  # the next batch goes on from these windows
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            if tp not in offsets or offsets[tp].offset <= r.offset:
+                offsets[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
+        self._stage.submit(Batch(records, result, offsets, consumer.group_metadata(), polled_at))
+
+    def _recover(self, consumer: KafkaConsumer, also: set[int]) -> bool:
+        """If the last commit failed: re-raise what cannot be retried, else rewind the aborted
+        batch's partitions and `also` (records polled or scored after it) and return True."""
+        failed = self._stage.failure()
+        if failed is None:
+            return False
+        batch, exc = failed
+        if not isinstance(exc, _Aborted):
+            raise exc
+        self._rewind(consumer, {r.partition for r in batch.records} | also)
+        return True
+
+    def _commit_batch(self, batch: Batch) -> None:
+        """On the commit thread: commit a batch in one transaction, or abort it (replacing a
+        producer that cannot even abort) and raise _Aborted."""
+        t0 = time.monotonic()
         try:
-            self._commit(records, result, consumer, producer)
+            self._commit(batch, self._producer)
         except ProducerFencedError as exc:
             raise ServiceError(
                 f"fenced: another worker uses transactional id {self.cfg.transactional_id!r} "
@@ -269,22 +341,22 @@ class Service:
             ) from exc
         except KafkaError as exc:
             self.metrics.aborts.inc()
-            log.warning("transaction aborted", error=repr(exc), records=len(records))
-            producer = self._abort(producer)
-            self._rewind(consumer, {r.partition for r in records})
-            return producer
-        self.states.update(result.states)
+            log.warning("transaction aborted", error=repr(exc), records=len(batch.records))
+            self._producer = self._abort(self._producer)
+            raise _Aborted(repr(exc)) from exc
+        now = time.monotonic()
+        self.sizer.committed(now - t0)
+        result = batch.result
         self.metrics.observe_verdicts(result.verdicts)
         self.metrics.dead_letters.inc(len(result.dead_letters))
-        self.metrics.batch.observe(len(records))
-        self.metrics.latency.observe(time.monotonic() - t0)
-        log.debug("batch", records=len(records),
+        self.metrics.batch.observe(len(batch.records))
+        self.metrics.latency.observe(now - batch.polled_at)
+        log.debug("batch", records=len(batch.records),
                   **Counter(v.verdict for _, v in result.verdicts))
-        return producer
 
-    def _commit(self, records: list[Record], result: BatchResult, consumer: KafkaConsumer,
-                producer: KafkaProducer) -> None:
+    def _commit(self, batch: Batch, producer: KafkaProducer) -> None:
         cfg = self.cfg
+        result = batch.result
         producer.begin_transaction()
         for key, verdict in result.verdicts:
             producer.send(cfg.output_topic, key=key, value=encode_verdict(verdict))
@@ -302,13 +374,8 @@ class Service:
         for (partition, stream), state in result.states.items():
             producer.send(cfg.changelog_topic, key=stream.encode(), value=state.to_bytes(),
                           partition=partition)
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            if tp not in offsets or offsets[tp].offset <= r.offset:
-                offsets[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
         txn = producer._transaction_manager
-        self._await(producer, txn.send_offsets_to_transaction(offsets, consumer.group_metadata()),
+        self._await(producer, txn.send_offsets_to_transaction(batch.offsets, batch.group),
                     "sending the offsets")
         self._await(producer, txn.begin_commit(), "the commit")
 
@@ -355,6 +422,8 @@ class Service:
     # ------------------------------------------------------------------ assignment and state
 
     def _revoke(self, partitions: set[int]) -> None:
+        if self._stage is not None:
+            self._stage.drain()  # what was processed on these partitions commits first
         with self._lock:
             self._owned -= partitions
             self._pending -= partitions
@@ -445,6 +514,22 @@ class Service:
                 )
         finally:
             admin.close()
+
+
+def _queued(consumer: KafkaConsumer) -> int | None:
+    """Records waiting on the assigned partitions as of the last fetches (high watermark minus
+    position, no request), over the partitions whose high watermark is known; None if none is
+    (kafka-python learns it when it parses a partition's fetched records)."""
+    total, known = 0, False
+    try:
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            pos = consumer.position(tp, timeout_ms=0)
+            if high is not None and pos is not None:
+                total, known = total + max(0, high - pos), True
+    except (KafkaError, AssertionError):
+        return None  # assignment changing under us: fall back to the small batch
+    return total if known else None
 
 
 def _partitions(admin: KafkaAdminClient, topic: str, wait_s: float = 0.0) -> int:

@@ -30,7 +30,7 @@ from verifier.score import score_many
 from worker.cli import main
 from worker.formats.codec import decode_verdict, encode_input, encode_verdict
 from worker.kafka.config import ConfigError, ServiceConfig
-from worker.kafka.service import Service, WindowRestorer
+from worker.kafka.service import Service, WindowRestorer, _queued
 from worker.profile import Profile, calibrate, save_profile
 
 pytestmark = [pytest.mark.kafka, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
@@ -373,6 +373,93 @@ def test_worker_added_and_removed_mid_stream_changes_no_verdict(
     assert _by_stream(verdicts) == reference["distribution"]
 
 
+def test_rebalance_waits_for_the_commit_in_flight(
+    kafka_bootstrap: str, topic_factory, streams, profile, reference
+) -> None:
+    """Commits slowed to 0.2 s: the next batch is scored while one commits, and a member joining
+    and leaving revokes partitions with a commit in flight; no verdict changes."""
+    topic, out = topic_factory(PARTITIONS, "in"), topic_factory(PARTITIONS, "verdicts")
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    a_cfg = _config(kafka_bootstrap, profile[0], topic, out, group=group, worker_id="a",
+                    max_batch=8)
+    b_cfg = replace(a_cfg, worker_id="b")
+    overlaps: list[str] = []
+
+    def slowed(worker: ServiceThread) -> ServiceThread:
+        service = worker.kafka.service
+        committing = threading.Event()
+        commit, score = service._commit, service.processor.process
+
+        def slow_commit(batch, producer) -> None:
+            committing.set()
+            try:
+                time.sleep(0.2)
+                commit(batch, producer)
+            finally:
+                committing.clear()
+
+        def watched_score(records, states):
+            if committing.is_set():
+                overlaps.append(service.cfg.worker_id)
+            return score(records, states)
+
+        service._commit, service.processor.process = slow_commit, watched_score
+        return worker
+
+    half = PER_STREAM // 2
+    reader = VerdictReader(kafka_bootstrap, out)
+    try:
+        a = slowed(ServiceThread(a_cfg)).start()
+        try:
+            n1 = _produce(kafka_bootstrap, topic, _records(streams, slice(0, half)))
+            reader.read_until(n1 // 4, check=a.check)
+            b = slowed(ServiceThread(b_cfg)).start()
+            try:
+                b.wait_ready()
+                n2 = _produce(kafka_bootstrap, topic, _records(streams, slice(half, None)))
+                deadline = time.monotonic() + 90
+                while not any(v["worker"] == "b" for _, v in reader.items):
+                    assert time.monotonic() < deadline, "worker b never got to work"
+                    reader._poll(200)
+                    a.check()
+                    b.check()
+            finally:
+                b.stop()
+            verdicts = reader.read_until(n1 + n2, check=a.check, timeout=180, settle=1.5)
+        finally:
+            a.stop()
+    finally:
+        reader.close()
+    _assert_exactly_once(verdicts, streams)
+    assert {v["worker"] for v in verdicts} == {"a", "b"}
+    assert "a" in overlaps  # scoring went on while a commit was running
+    assert _by_stream(verdicts) == reference["distribution"]
+
+
+class _Positions:
+    """A consumer's assignment, high watermarks and positions, as kafka-python reports them."""
+
+    def __init__(self, marks: dict[int, tuple[int | None, int]]):
+        self.marks = {TopicPartition("in", p): m for p, m in marks.items()}
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.marks)
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self.marks[tp][0]
+
+    def position(self, tp: TopicPartition, timeout_ms: int | None = None) -> int:
+        return self.marks[tp][1]
+
+
+def test_queue_counts_the_partitions_whose_high_watermark_is_known() -> None:
+    # a high watermark is known once the client parsed a fetch of that partition: under a
+    # backlog, the others are still unknown, and the backlog must show (big batches)
+    assert _queued(_Positions({0: (900, 100), 1: (None, 0), 2: (50, 50)})) == 800
+    assert _queued(_Positions({0: (None, 0), 1: (None, 7)})) is None
+    assert _queued(_Positions({})) is None
+
+
 def test_malformed_records_become_invalid_verdicts_and_dead_letters(
     kafka_bootstrap: str, topic_factory, streams, profile, reference
 ) -> None:
@@ -447,16 +534,25 @@ def test_aborted_transaction_is_redone_exactly_once(
     service = worker.kafka.service
     original = service._commit
     calls: list[int] = []
+    score = service.processor.process
+    scored = threading.Semaphore(0)
 
-    def flaky(records, result, consumer, producer) -> None:
-        """The third batch writes its verdicts and windows, then fails before committing."""
-        calls.append(len(records))
+    def counting(records, states):
+        scored.release()
+        return score(records, states)
+
+    def flaky(batch, producer) -> None:
+        """The third batch writes its verdicts and windows, then fails before committing, once
+        the fourth batch is being scored on the windows the third one left."""
+        calls.append(len(batch.records))
         if len(calls) != 3:
-            return original(records, result, consumer, producer)
+            return original(batch, producer)
+        for _ in range(4):
+            assert scored.acquire(timeout=30)
         producer.begin_transaction()
-        for key, verdict in result.verdicts:
+        for key, verdict in batch.result.verdicts:
             producer.send(cfg.output_topic, key=key, value=encode_verdict(verdict))
-        for (partition, stream), state in result.states.items():
+        for (partition, stream), state in batch.result.states.items():
             poisoned = replace(state, radii=tuple(0.0 for _ in state.radii))
             producer.send(cfg.changelog_topic, key=stream.encode(), value=poisoned.to_bytes(),
                           partition=partition)
@@ -464,6 +560,7 @@ def test_aborted_transaction_is_redone_exactly_once(
         raise KafkaError("injected failure before the commit")
 
     service._commit = flaky
+    service.processor.process = counting
     reader = VerdictReader(kafka_bootstrap, out)
     try:
         worker.start()
