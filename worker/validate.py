@@ -13,7 +13,6 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-import msgpack
 import numpy as np
 
 __all__ = [
@@ -28,7 +27,6 @@ __all__ = [
 ]
 
 MIN_WINDOW = 8  # the normality test needs at least 8 values
-_STATE_VERSION = 1
 
 
 def normality_pvalue(radii: Sequence[float] | np.ndarray) -> float:
@@ -115,36 +113,17 @@ class WindowState:
     pvalue: float | None = None
 
     def to_bytes(self) -> bytes:
-        """msgpack encoding (float64 exact), used as a changelog value."""
-        return msgpack.packb(
-            {
-                "v": _STATE_VERSION,
-                "radii": [float(r) for r in self.radii],
-                "count": int(self.count),
-                "last_offset": int(self.last_offset),
-                "pvalue": None if self.pvalue is None else float(self.pvalue),
-            },
-            use_bin_type=True,
-        )
+        """The changelog encoding (worker.formats.windows)."""
+        from worker.formats.windows import encode_window
+
+        return encode_window(self)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> WindowState:
         """Inverse of to_bytes; ValueError on anything else."""
-        try:
-            obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
-        except Exception as exc:
-            raise ValueError(f"window state is not valid msgpack: {exc}") from None
-        if not isinstance(obj, dict) or obj.get("v") != _STATE_VERSION:
-            raise ValueError(f"window state must be a map with v={_STATE_VERSION}")
-        radii, count, last = obj.get("radii"), obj.get("count"), obj.get("last_offset")
-        pvalue = obj.get("pvalue")
-        if not isinstance(radii, list) or not all(type(r) is float for r in radii):
-            raise ValueError("window state 'radii' must be an array of floats")
-        if type(count) is not int or type(last) is not int:
-            raise ValueError("window state 'count' and 'last_offset' must be integers")
-        if pvalue is not None and type(pvalue) is not float:
-            raise ValueError("window state 'pvalue' must be a float or nil")
-        return cls(tuple(radii), count, last, pvalue)
+        from worker.formats.windows import decode_window
+
+        return decode_window(data)
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,9 @@ from kafka.structs import OffsetAndMetadata
 from verifier.network import load_onnx
 from verifier.score import plan_for
 from worker.formats.codec import Limits, encode_verdict
+from worker.formats.deadletter import dead_letter_headers
 from worker.kafka.config import ConfigError, ServiceConfig, client_settings
+from worker.kafka.internals import transaction_manager, wake_sender
 from worker.kafka.pipeline import BatchSizer, CommitStage
 from worker.metrics import Metrics, MetricsServer
 from worker.processor import BatchResult, Processor, Record, Scorer
@@ -363,18 +365,16 @@ class Service:
         for dl in result.dead_letters:
             src = dl.source
             value = dl.value
-            headers = [
-                ("error", dl.error.encode()),
-                ("source", f"{src.topic}/{src.partition}/{src.offset}".encode()),
-            ]
+            dropped = None
             if value is not None and len(value) > cfg.max_dead_letter_bytes:
-                headers.append(("value-dropped", f"{len(value)} bytes".encode()))
+                dropped = len(value)
                 value = None  # a copy that cannot be written must not block the stream
+            headers = dead_letter_headers(dl.error, src.topic, src.partition, src.offset, dropped)
             producer.send(cfg.dlq_topic, key=dl.key, value=value, headers=headers)
         for (partition, stream), state in result.states.items():
             producer.send(cfg.changelog_topic, key=stream.encode(), value=state.to_bytes(),
                           partition=partition)
-        txn = producer._transaction_manager
+        txn = transaction_manager(producer)
         self._await(producer, txn.send_offsets_to_transaction(batch.offsets, batch.group),
                     "sending the offsets")
         self._await(producer, txn.begin_commit(), "the commit")
@@ -383,7 +383,7 @@ class Service:
         """Wait for a transactional request, at most the transaction timeout (the broker aborts
         the transaction by then): kafka-python's own methods wait without a bound, and a request
         lost to a broker restart would block the worker forever."""
-        producer._sender.wakeup()
+        wake_sender(producer)
         timeout_ms = self.cfg.transaction_timeout_ms
         if not result.wait(timeout_ms=timeout_ms):
             raise KafkaTimeoutError(f"{what} did not complete in {timeout_ms} ms")
@@ -391,7 +391,7 @@ class Service:
     def _abort(self, producer: KafkaProducer) -> KafkaProducer:
         """Abort the open transaction; replace a producer that cannot abort."""
         try:
-            self._await(producer, producer._transaction_manager.begin_abort(), "the abort")
+            self._await(producer, transaction_manager(producer).begin_abort(), "the abort")
             return producer
         except KafkaError as exc:
             log.warning("abort failed; starting a new producer", error=repr(exc))
