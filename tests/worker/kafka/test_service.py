@@ -386,7 +386,7 @@ def test_rebalance_waits_for_the_commit_in_flight(
     overlaps: list[str] = []
 
     def slowed(worker: ServiceThread) -> ServiceThread:
-        service = worker.kafka.service
+        service = worker.service
         committing = threading.Event()
         commit, score = service._commit, service.processor.process
 
@@ -531,7 +531,7 @@ def test_aborted_transaction_is_redone_exactly_once(
     n = _produce(kafka_bootstrap, topic, _records(streams))
     cfg = _config(kafka_bootstrap, profile[0], topic, out, max_batch=8)
     worker = ServiceThread(cfg)
-    service = worker.kafka.service
+    service = worker.service
     original = service._commit
     calls: list[int] = []
     score = service.processor.process
