@@ -133,16 +133,9 @@ def dense_bounds(c, gt, beta):
     m = gt.shape[0]
     sums = np.zeros(n)
     col_abs_sums(gt, sums)
-    lo = np.empty(n)
-    hi = np.empty(n)
-    rad = np.empty(n)
     for i in range(n):
-        r = widen_up(sums[i], m) + beta[i]
-        r = r * (1.0 + 2.0 * U)
-        rad[i] = r
-        lo[i] = (c[i] - r) - (abs(c[i]) + r) * 2.0 * U - TINY
-        hi[i] = (c[i] + r) + (abs(c[i]) + r) * 2.0 * U + TINY
-    return lo, hi, rad
+        sums[i] = widen_up(sums[i], m)
+    return bounds_from_sums(c, sums, beta)
 
 
 # ----------------------------------------------------------------------------- linear layers

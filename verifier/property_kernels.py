@@ -17,6 +17,7 @@ from verifier.kernels import (
     TINY,
     U,
     _affine_centre,
+    bounds_from_sums,
     col_abs_sums,
     gamma,
     relaxation,
@@ -39,16 +40,9 @@ def _split_bounds(c, At, Et, beta):
     sums = np.zeros(n)
     col_abs_sums(At, sums)
     col_abs_sums(Et, sums)
-    lo = np.empty(n)
-    hi = np.empty(n)
-    rad = np.empty(n)
     for i in range(n):
-        r = widen_up(sums[i], m) + beta[i]
-        r = r * (1.0 + 2.0 * U)
-        rad[i] = r
-        lo[i] = (c[i] - r) - (abs(c[i]) + r) * 2.0 * U - TINY
-        hi[i] = (c[i] + r) + (abs(c[i]) + r) * 2.0 * U + TINY
-    return lo, hi, rad
+        sums[i] = widen_up(sums[i], m)
+    return bounds_from_sums(c, sums, beta)
 
 
 @njit(cache=True, nogil=True)
