@@ -199,7 +199,9 @@ def _bounds(z: Zonotope) -> tuple[np.ndarray, np.ndarray]:
 def _prepare_chain(net: Network) -> tuple | None:
     """Dense (activation) Dense (activation) ... Dense: the form the fused kernel takes."""
     layers = net.layers
-    if not layers or not isinstance(layers[0], Dense) or not isinstance(layers[-1], Dense):
+    if not net.is_chain or not layers:
+        return None
+    if not isinstance(layers[0], Dense) or not isinstance(layers[-1], Dense):
         return None
     dense, kinds = [], []
     for layer in layers:

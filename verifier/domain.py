@@ -26,7 +26,11 @@ class Domain:
     start:        the abstract element of an input box.
     prepare:      layer kind -> (layer -> derived arrays), run once per network; kinds not
                   listed are passed the layer itself.
-    transfers:    layer kind -> ((prepared, state) -> state), the abstract transformer.
+    transfers:    layer kind -> ((prepared, state) -> state), the abstract transformer; a
+                  join (Add, Concat) takes the states of all its sources:
+                  (prepared, state, state, ...) -> state. States reaching one join descend
+                  from one input box; a domain that cannot tell what they share must treat
+                  them as independent (sound, only looser).
     linear_lower: (state, C, d) -> sound lower bounds of C y + d over every concrete y that
                   the state contains (C has shape [k, n], d [k]); this is the property.
     bounds:       state -> sound (lower, upper) of every neuron the state holds.

@@ -93,6 +93,8 @@ _Op = _Affine | _Relu | _Pool
 
 def _lower(net: Network) -> list[_Op]:
     """The network as affine maps, ReLUs and max-pools over flat vectors."""
+    if not net.is_chain:
+        raise UnsupportedModelError("exact_radius takes chains only, not graphs (Add, Concat)")
     ops: list[_Op] = []
     for i, layer in enumerate(net.layers):
         if isinstance(layer, Dense):

@@ -2,6 +2,8 @@
 
 The op handlers live in verifier.onnx_import, which lowers every supported op onto these
 layer kinds. Tensors between layers are flattened in C order (channel, row, column).
+A network is its layers in topological order; a chain reads each layer's input from the one
+before, a graph (residual Add, Concat) names every layer's sources (`Network.sources`).
 """
 
 from __future__ import annotations
@@ -77,13 +79,42 @@ class Tanh:
     """tanh(x) elementwise."""
 
 
-Layer = Dense | Conv | MaxPool | Scale | Relu | Sigmoid | Tanh
-ACTIVATIONS = (Relu, Sigmoid, Tanh)
+@dataclass(frozen=True)
+class LeakyRelu:
+    """max(x, alpha x) elementwise, 0 <= alpha < 1."""
+
+    alpha: float
+
+
+@dataclass(frozen=True)
+class Add:
+    """The elementwise sum of two or more tensors of one shape (a residual connection)."""
+
+
+@dataclass(frozen=True)
+class Concat:
+    """Tensors joined along channels; with channel-major flattening, their flat concatenation.
+
+    sizes: the flat size of each source, in order.
+    """
+
+    sizes: tuple[int, ...]
+
+
+Layer = Dense | Conv | MaxPool | Scale | Relu | LeakyRelu | Sigmoid | Tanh | Add | Concat
+ACTIVATIONS = (Relu, LeakyRelu, Sigmoid, Tanh)
+JOINS = (Add, Concat)  # the layer kinds that take several sources
+INPUT = -1  # the source index that names the network's input
 
 
 @dataclass(frozen=True)
 class Network:
-    """A feed-forward network as a list of layers, with the shape of one input (no batch)."""
+    """A feed-forward network: layers in topological order, the shape of one input (no batch).
+
+    sources: empty for a chain (each layer reads the one before, the first the input); for a
+    graph, one tuple per layer of the indices of the layers it reads (INPUT for the input).
+    The last layer's output is the network's.
+    """
 
     layers: tuple[Layer, ...]
     input_shape: tuple[int, ...]
@@ -93,6 +124,15 @@ class Network:
     input_lower: float = 0.0
     input_upper: float = 1.0
     meta: dict = field(default_factory=dict, compare=False)
+    sources: tuple[tuple[int, ...], ...] = ()
+
+    @property
+    def is_chain(self) -> bool:
+        return not self.sources
+
+    def sources_of(self, i: int) -> tuple[int, ...]:
+        """The indices of the layers layer i reads (INPUT for the network input)."""
+        return self.sources[i] if self.sources else (i - 1 if i else INPUT,)
 
     def __repr__(self) -> str:
         """One line: name, shapes and layer kinds, never the weights."""
@@ -124,7 +164,7 @@ class Network:
             x.size != self.input_size and x.size % self.input_size == 0
         )
         flat = x.reshape(-1, self.input_size)
-        out = np.stack([_forward_one(self.layers, v) for v in flat])
+        out = np.stack([_forward_one(self, v) for v in flat])
         return out if batch else out[0]
 
     def predict(self, x: np.ndarray) -> int:
@@ -132,14 +172,25 @@ class Network:
         return int(np.argmax(self.forward(np.asarray(x).reshape(self.input_size))))
 
 
-def _forward_one(layers: tuple[Layer, ...], v: np.ndarray) -> np.ndarray:
-    for layer in layers:
-        v = apply_layer(layer, v)
-    return v
+def _forward_one(net: Network, v: np.ndarray) -> np.ndarray:
+    if net.is_chain:
+        for layer in net.layers:
+            v = apply_layer(layer, v)
+        return v
+    outs: list[np.ndarray] = []
+    for i, layer in enumerate(net.layers):
+        outs.append(apply_layer(layer, *(v if j == INPUT else outs[j] for j in net.sources[i])))
+    return outs[-1]
 
 
-def apply_layer(layer: Layer, v: np.ndarray) -> np.ndarray:
-    """Concrete float64 evaluation of one layer on a flat vector."""
+def apply_layer(layer: Layer, v: np.ndarray, *more: np.ndarray) -> np.ndarray:
+    """Concrete float64 evaluation of one layer on flat vectors (several for a join)."""
+    if isinstance(layer, Add):
+        return sum(more, v)
+    if isinstance(layer, Concat):
+        return np.concatenate((v, *more))
+    if isinstance(layer, LeakyRelu):
+        return np.maximum(v, layer.alpha * v)
     if isinstance(layer, Dense):
         return layer.weight @ v + layer.bias
     if isinstance(layer, Scale):

@@ -2,7 +2,9 @@
 
 It knows no domain: `Plan.of(net, domain)` looks each layer up in the domain's tables once,
 and `linear_lower` threads the domain's state through the layers and reads the property off
-the end. The property is always a set of linear functions of the logits (C y + d); margins
+the end. On a graph, each layer's transfer is called with the states of its sources, in
+order (two or more for Add and Concat), and a state is dropped after its last reader.
+The property is always a set of linear functions of the logits (C y + d); margins
 against every other class are the rows e_label - e_j.
 """
 
@@ -15,7 +17,7 @@ import numpy as np
 
 from verifier.box import InputBox
 from verifier.domain import Domain
-from verifier.network import Network, UnsupportedModelError
+from verifier.network import INPUT, Network, UnsupportedModelError
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,8 @@ class Plan:
     domain: Domain
     steps: tuple[tuple[Any, Any], ...]  # (transfer function, prepared layer)
     fast: Any = None  # the domain's fast-path arguments, when it recognised the network
+    sources: tuple[tuple[int, ...], ...] = ()  # Network.sources (empty for a chain)
+    last_use: tuple[int, ...] = ()  # per layer, the last layer that reads its output
 
     @classmethod
     def of(cls, net: Network, domain: Domain) -> Plan:
@@ -40,7 +44,12 @@ class Plan:
             prep = domain.prepare.get(kind)
             steps.append((domain.transfers[kind], prep(layer) if prep else layer))
         fast = domain.prepare_fast(net) if domain.prepare_fast else None
-        return cls(net, domain, tuple(steps), fast)
+        last_use = list(range(1, len(steps) + 1))
+        for i, src in enumerate(net.sources):
+            for j in src:
+                if j != INPUT:
+                    last_use[j] = max(last_use[j], i)
+        return cls(net, domain, tuple(steps), fast, net.sources, tuple(last_use))
 
     def __repr__(self) -> str:
         return f"Plan({self.net.name or 'network'!r}, domain={self.domain.name!r})"
@@ -49,9 +58,17 @@ class Plan:
 def analyse(plan: Plan, box: InputBox) -> Any:
     """The domain's abstract element of the network's outputs over the box."""
     state = plan.domain.start(box)
-    for transfer, prepared in plan.steps:
-        state = transfer(prepared, state)
-    return state
+    if not plan.sources:
+        for transfer, prepared in plan.steps:
+            state = transfer(prepared, state)
+        return state
+    outs: dict[int, Any] = {INPUT: state}
+    for i, (transfer, prepared) in enumerate(plan.steps):
+        outs[i] = transfer(prepared, *(outs[j] for j in plan.sources[i]))
+        for j in plan.sources[i]:
+            if j != INPUT and plan.last_use[j] == i:
+                del outs[j]
+    return outs[len(plan.steps) - 1]
 
 
 def linear_lower(plan: Plan, box: InputBox, C: np.ndarray, d: np.ndarray) -> np.ndarray:
