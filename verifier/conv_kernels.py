@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from verifier.group_kernels import MIN_GROUP, row_groups
 from verifier.kernels import TINY, gamma, widen_up
+from verifier.memory import csr_bytes, ensure_fits
 
 
 @njit(cache=True, nogil=True)
@@ -135,21 +137,12 @@ def _conv_distinct(c, indptr, idx, val, beta, rad, tap_k, wtap, bias):
     return out_c, out_ptr, out_idx, out_val, out_beta, gsum
 
 
-@njit(cache=True, nogil=True)
-def csr_conv(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias):
-    """Convolution of a CSR zonotope; tap_k, wtap from conv_taps.
 
-    All output channels at one position read the same input window, so the window's
-    generators are gathered once per position (their union gives the row pattern shared by
-    the channels) and each non-zero is applied to every channel in one contiguous loop.
-    Also returns gsum, a sound upper bound of each output row's sum |G| (widen_up of the sum
-    of the stored values), computed as the row is written.
-    """
+@njit(cache=True, nogil=True)
+def conv_union_sizes(indptr, idx, m, tap_k):
+    """Per output position, the number of distinct generators in its input window (the
+    length of every output row at that position)."""
     npos, ntap = tap_k.shape
-    co_n = wtap.shape[1]
-    if _one_generator_each(indptr, idx):
-        return _conv_distinct(c, indptr, idx, val, beta, rad, tap_k, wtap, bias)
-    # pass 1: size of the generator union of each position's window
     seen = np.full(m, -1, dtype=np.int64)
     usize = np.zeros(npos, dtype=np.int64)
     for pos in range(npos):
@@ -164,6 +157,49 @@ def csr_conv(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias):
                     seen[j] = pos
                     cnt += 1
         usize[pos] = cnt
+    return usize
+
+
+@njit(cache=True, nogil=True)
+def _group_blocks(indptr, val, plen, order, gptr, n_in):
+    """Per input row its group (-1: none) and place in it; each group's prefix values
+    transposed (plen x size, contiguous at voff[g]) so a window's share is one BLAS operand."""
+    ng = gptr.shape[0] - 1
+    grp = np.full(n_in, -1, dtype=np.int64)
+    mem = np.zeros(n_in, dtype=np.int64)
+    voff = np.zeros(ng + 1, dtype=np.int64)
+    for g in range(ng):
+        a, b = gptr[g], gptr[g + 1]
+        size = b - a if b - a >= MIN_GROUP else 0
+        voff[g + 1] = voff[g] + plen[order[a]] * size
+    vt = np.empty(voff[ng])
+    for g in range(ng):
+        a, b = gptr[g], gptr[g + 1]
+        if b - a < MIN_GROUP:
+            continue
+        size = b - a
+        pl = plen[order[a]]
+        for t in range(size):
+            r = order[a + t]
+            grp[r] = g
+            mem[r] = t
+            for u in range(pl):
+                vt[voff[g] + u * size + t] = val[indptr[r] + u]
+    return grp, mem, voff, vt
+
+
+@njit(cache=True, nogil=True)
+def _conv_grouped(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, usize):
+    """csr_conv's general case. Per output position, the window's generators get slots in a
+    dense accumulator (slot x channel, no sorting or merging of ids); taps whose input rows
+    form a group (group_kernels.row_groups) add their shared prefix as one BLAS product
+    (prefix x members) @ (members x channels); every other entry is added one by one into
+    all channels in a contiguous loop."""
+    npos, ntap = tap_k.shape
+    co_n = wtap.shape[1]
+    n_in = indptr.shape[0] - 1
+    plen, order, gptr = row_groups(indptr, idx, m)
+    grp, mem, voff, vt = _group_blocks(indptr, val, plen, order, gptr, n_in)
     n_out = co_n * npos
     out_ptr = np.empty(n_out + 1, dtype=np.int64)
     out_ptr[0] = 0
@@ -180,30 +216,79 @@ def csr_conv(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias):
     buf = np.zeros((umax, co_n))
     ids = np.empty(umax, dtype=np.int64)
     slot = np.empty(m, dtype=np.int64)
-    seen[:] = -1
+    seen = np.full(m, -1, dtype=np.int64)
     ssum = np.empty(co_n)
     p0s = np.empty(co_n, dtype=np.int64)
+    run_t = np.empty(ntap, dtype=np.int64)
     out_c, out_beta = _conv_centre(c, beta, rad, tap_k, wtap, bias)
-    # pass 2: accumulate every channel of a position at once
     for pos in range(npos):
         nu = 0
-        for t in range(ntap):
+        t = 0
+        while t < ntap:
             k = tap_k[pos, t]
-            if k < 0:
+            if k < 0 or indptr[k + 1] == indptr[k]:
+                t += 1
                 continue
-            for q in range(indptr[k], indptr[k + 1]):
-                j = idx[q]
-                if seen[j] != pos:
-                    seen[j] = pos
-                    slot[j] = nu
-                    ids[nu] = j
+            g = grp[k]
+            nr = 0
+            if g >= 0:  # the run of taps whose rows are in group g (empty rows skipped)
+                e = t
+                while e < ntap:
+                    ke = tap_k[pos, e]
+                    if ke >= 0 and grp[ke] == g:
+                        run_t[nr] = e
+                        nr += 1
+                    elif ke >= 0 and indptr[ke + 1] > indptr[ke]:
+                        break
+                    e += 1
+            else:
+                run_t[0] = t
+                nr = 1
+                e = t + 1
+            lead = order[gptr[g]] if g >= 0 else k
+            pl = plen[lead] if g >= 0 else 0
+            if pl > 0:
+                size = gptr[g + 1] - gptr[g]
+                block = vt[voff[g]: voff[g + 1]].reshape((pl, size))
+                vsub = np.empty((pl, nr))
+                wsel = np.empty((nr, co_n))
+                for i in range(nr):
+                    r = mem[tap_k[pos, run_t[i]]]
+                    for u in range(pl):
+                        vsub[u, i] = block[u, r]
                     for co in range(co_n):
-                        buf[nu, co] = 0.0
-                    nu += 1
-                sj = slot[j]
-                v = val[q]
-                for co in range(co_n):
-                    buf[sj, co] += wtap[t, co] * v
+                        wsel[i, co] = wtap[run_t[i], co]
+                res = np.dot(vsub, wsel)
+                q0 = indptr[lead]
+                for u in range(pl):
+                    j = idx[q0 + u]
+                    if seen[j] != pos:
+                        seen[j] = pos
+                        slot[j] = nu
+                        ids[nu] = j
+                        for co in range(co_n):
+                            buf[nu, co] = 0.0
+                        nu += 1
+                    sj = slot[j]
+                    for co in range(co_n):
+                        buf[sj, co] += res[u, co]
+            for i in range(nr):  # entries past the shared prefix (all of an ungrouped row)
+                tt = run_t[i]
+                kk = tap_k[pos, tt]
+                for q in range(indptr[kk] + pl, indptr[kk + 1]):
+                    j = idx[q]
+                    if seen[j] != pos:
+                        seen[j] = pos
+                        slot[j] = nu
+                        ids[nu] = j
+                        for co in range(co_n):
+                            buf[nu, co] = 0.0
+                        nu += 1
+                    sj = slot[j]
+                    v = val[q]
+                    for co in range(co_n):
+                        buf[sj, co] += wtap[tt, co] * v
+            t = e
         for co in range(co_n):
             p0s[co] = out_ptr[co * npos + pos]
             ssum[co] = 0.0
@@ -218,3 +303,27 @@ def csr_conv(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias):
             o = co * npos + pos
             gsum[o] = widen_up(ssum[co], nu)
     return out_c, out_ptr, out_idx, out_val, out_beta, gsum
+
+
+def csr_conv(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias):
+    """Convolution of a CSR zonotope; tap_k, wtap from conv_taps. Returns (c, indptr, idx,
+    val, beta, gsum), gsum a sound upper bound of each output row's sum |G| (widen_up of the
+    sum of the stored values). Checks the memory cap (verifier.memory) before allocating.
+
+    Rounding: every output coefficient is a sum over the taps of products w v, added in any
+    order and grouping (BLAS partial sums per group, then the accumulator); the a-priori
+    bound gamma(ntap) sum |w v| holds for each, and sum_j |w v_j| <= |w| rad of the tap's
+    input, so _conv_centre's error box gamma(ntap + 1) sum |w| (|c| + rad) covers it.
+    """
+    npos, ntap = tap_k.shape
+    co_n = wtap.shape[1]
+    n_in = c.shape[0]
+    held = csr_bytes(n_in, indptr[-1])
+    if _one_generator_each(indptr, idx):
+        ensure_fits(held + csr_bytes(co_n * npos, co_n * npos * ntap))
+        return _conv_distinct(c, indptr, idx, val, beta, rad, tap_k, wtap, bias)
+    usize = conv_union_sizes(indptr, idx, m, tap_k)
+    # the output, plus the grouped copy of the input's values and the id maps over m
+    ensure_fits(held + csr_bytes(co_n * npos, co_n * int(usize.sum())) + 8 * indptr[-1]
+                + 24 * m)
+    return _conv_grouped(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, usize)

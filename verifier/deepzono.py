@@ -20,6 +20,8 @@ from verifier import kernels as K
 from verifier.box import InputBox
 from verifier.conv_kernels import conv_taps, csr_conv
 from verifier.domain import Domain
+from verifier.group_kernels import grouped_dense_affine
+from verifier.memory import csr_bytes, dense_bytes, ensure_fits
 from verifier.network import Conv, Dense, MaxPool, Network, Relu, Scale, Sigmoid, Tanh
 from verifier.pool_kernels import csr_maxpool
 from verifier.property_kernels import dense_chain_lower, dense_linear_lower
@@ -58,6 +60,14 @@ class Zonotope:
     @property
     def is_dense(self) -> bool:
         return self.dense is not None
+
+    @property
+    def nbytes(self) -> int:
+        """The memory the state holds (what verifier.memory's cap counts)."""
+        n = self.c.shape[0]
+        if self.is_dense:
+            return dense_bytes(n, self.dense.shape[1])
+        return csr_bytes(n, self.indptr[-1])
 
     @property
     def gt(self) -> np.ndarray:
@@ -130,10 +140,12 @@ def _prepare_scale(layer: Scale) -> tuple:
 def _dense(arrays: tuple, z: Zonotope) -> Zonotope:
     w, wt, aw, b = arrays
     if z.is_dense:
+        ensure_fits(z.nbytes + dense_bytes(w.shape[0], z.dense.shape[1]))
         c, gt, beta = K.dense_affine(z.c, z.gt, z.beta, w, wt, aw, b)
     else:
+        ensure_fits(z.nbytes + dense_bytes(w.shape[0], min(z.m, z.indptr[-1])))
         _, _, rad = z.bounds()
-        c, gt, beta = K.csr_to_dense_affine(
+        c, gt, beta = grouped_dense_affine(
             z.c, z.indptr, z.idx, z.val, z.beta, rad, z.m, wt, aw, b
         )
     return Zonotope.of_dense(c, gt, beta)
@@ -141,6 +153,7 @@ def _dense(arrays: tuple, z: Zonotope) -> Zonotope:
 
 def _scale(arrays: tuple, z: Zonotope) -> Zonotope:
     a, b = arrays
+    ensure_fits(2 * z.nbytes)
     _, _, rad = z.bounds()
     if z.is_dense:
         c, gt, beta = K.dense_scale(z.c, z.gt, z.beta, rad, a, b)
@@ -151,6 +164,11 @@ def _scale(arrays: tuple, z: Zonotope) -> Zonotope:
 
 def _activation(kind: int):
     def transfer(_layer, z: Zonotope) -> Zonotope:
+        n = z.c.shape[0]  # at most one new generator per neuron
+        if z.is_dense:
+            ensure_fits(z.nbytes + dense_bytes(n, z.dense.shape[1] + n))
+        else:
+            ensure_fits(z.nbytes + csr_bytes(n, z.indptr[-1] + n))
         lo, hi, rad = z.bounds()
         lam, mu, nu = K.relaxation(kind, lo, hi)
         if z.is_dense:
@@ -186,6 +204,8 @@ def _maxpool(arrays: tuple, z: Zonotope) -> Zonotope:
 
 
 def _linear_lower(z: Zonotope, C: np.ndarray, d: np.ndarray) -> np.ndarray:
+    if not z.is_dense:
+        ensure_fits(z.nbytes + dense_bytes(z.c.shape[0], min(z.m, z.indptr[-1])))
     z = z.to_dense()
     _, _, rad = z.bounds()
     return dense_linear_lower(z.c, z.gt, z.beta, rad, C, d)

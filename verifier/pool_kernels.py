@@ -20,6 +20,7 @@ import numpy as np
 from numba import njit
 
 from verifier.kernels import TINY, U, _enclose, widen_up
+from verifier.memory import csr_bytes, ensure_fits
 
 
 @njit(cache=True, nogil=True)
@@ -50,13 +51,25 @@ def _difference_lower(c, indptr, idx, val, beta, a, b, scratch, touched):
     return centre - total - (abs(centre) + total) * 2.0 * U - TINY
 
 
-@njit(cache=True, nogil=True)
 def csr_maxpool(c, indptr, idx, val, beta, lo, hi, gsum, m, in_shape, out_shape, kernel, stride,
                 pads):
     """Max pooling of a CSR zonotope; returns (c, indptr, idx, val, beta, m, gsum) of the output.
 
     gsum bounds each row's sum |G| (conv_kernels.csr_conv); a row passed through keeps its own.
+    Checks the memory cap first: an input row lies in at most ceil(k / s) windows per axis,
+    so it is copied at most that often, and a boxed output holds one generator.
     """
+    reach = -(-int(kernel[0]) // int(stride[0])) * -(-int(kernel[1]) // int(stride[1]))
+    n_out = int(np.prod(out_shape))
+    ensure_fits(csr_bytes(c.shape[0], indptr[-1]) + csr_bytes(n_out, reach * indptr[-1] + n_out))
+    return _csr_maxpool(c, indptr, idx, val, beta, lo, hi, gsum, m, in_shape, out_shape, kernel,
+                        stride, pads)
+
+
+@njit(cache=True, nogil=True)
+def _csr_maxpool(c, indptr, idx, val, beta, lo, hi, gsum, m, in_shape, out_shape, kernel, stride,
+                 pads):
+    """csr_maxpool's kernel (after the memory check)."""
     ch, h, w = in_shape[0], in_shape[1], in_shape[2]
     oh, ow = out_shape[1], out_shape[2]
     kh, kw = kernel[0], kernel[1]

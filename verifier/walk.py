@@ -17,6 +17,7 @@ import numpy as np
 
 from verifier.box import InputBox
 from verifier.domain import Domain
+from verifier.memory import VerifierMemoryError
 from verifier.network import INPUT, Network, UnsupportedModelError
 
 
@@ -59,12 +60,18 @@ def analyse(plan: Plan, box: InputBox) -> Any:
     """The domain's abstract element of the network's outputs over the box."""
     state = plan.domain.start(box)
     if not plan.sources:
-        for transfer, prepared in plan.steps:
-            state = transfer(prepared, state)
+        for i, (transfer, prepared) in enumerate(plan.steps):
+            try:
+                state = transfer(prepared, state)
+            except VerifierMemoryError as err:
+                raise err.at_layer(i, plan.net.layers[i]) from None
         return state
     outs: dict[int, Any] = {INPUT: state}
     for i, (transfer, prepared) in enumerate(plan.steps):
-        outs[i] = transfer(prepared, *(outs[j] for j in plan.sources[i]))
+        try:
+            outs[i] = transfer(prepared, *(outs[j] for j in plan.sources[i]))
+        except VerifierMemoryError as err:
+            raise err.at_layer(i, plan.net.layers[i]) from None
         for j in plan.sources[i]:
             if j != INPUT and plan.last_use[j] == i:
                 del outs[j]
@@ -79,7 +86,11 @@ def linear_lower(plan: Plan, box: InputBox, C: np.ndarray, d: np.ndarray) -> np.
         out = plan.domain.fast_path(plan.fast, box, C, d)
         if out is not None:
             return out
-    return plan.domain.linear_lower(analyse(plan, box), C, d)
+    state = analyse(plan, box)
+    try:
+        return plan.domain.linear_lower(state, C, d)
+    except VerifierMemoryError as err:
+        raise err.at("the output property") from None
 
 
 def margin_matrix(n_outputs: int, label: int) -> np.ndarray:

@@ -1,0 +1,153 @@
+"""Rows of a CSR zonotope that share their generator ids, and the dense layer that uses them.
+
+After a convolution every output channel at one position has the same generator ids in the
+same order, and a ReLU keeps that list (scaling it, dropping dead rows, appending one fresh
+generator to a crossing row). `row_groups` finds such rows without knowing the shapes: each
+row is a shared prefix (ids compared exactly, hashing only proposes candidates) and at most
+one tail entry whose id no other row uses. A group's values form a dense block, so a dense
+layer over it is one BLAS product instead of one scattered row update per non-zero.
+
+Rounding: every entry of the result is still a sum of at most n_in products w v, now added
+in a different order and grouping (BLAS partial sums, then the scatter); the a-priori bound
+gamma(n) sum |terms| holds for any order and parenthesisation, with or without FMA, so the
+error box of verifier.kernels._affine_centre (gamma(n_in + 1) over |W| (|c| + rad)) covers
+it exactly as it covers csr_to_dense_affine's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from verifier.kernels import _affine_centre
+
+MIN_GROUP = 4  # smaller groups are applied entry by entry: a BLAS call costs more than it saves
+
+
+@njit(cache=True, nogil=True)
+def _prefix_lengths(indptr, idx, m):
+    """Per row, the length of its shared prefix: the row minus a last id no other row uses."""
+    n = indptr.shape[0] - 1
+    uses = np.zeros(m, dtype=np.int64)
+    for q in range(indptr[n]):
+        uses[idx[q]] += 1
+    plen = np.empty(n, dtype=np.int64)
+    for r in range(n):
+        ln = indptr[r + 1] - indptr[r]
+        plen[r] = ln - 1 if ln > 1 and uses[idx[indptr[r + 1] - 1]] == 1 else ln
+    return plen
+
+
+@njit(cache=True, nogil=True)
+def _same_prefix(indptr, idx, plen, a, b):
+    if plen[a] != plen[b]:
+        return False
+    pa, pb = indptr[a], indptr[b]
+    for u in range(plen[a]):
+        if idx[pa + u] != idx[pb + u]:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def row_groups(indptr, idx, m):
+    """(plen, order, gptr): rows order[gptr[g]:gptr[g + 1]] share the first plen ids exactly.
+
+    Empty rows are left out; rows in no group of MIN_GROUP or more come as groups of one.
+    """
+    n = indptr.shape[0] - 1
+    plen = _prefix_lengths(indptr, idx, m)
+    key = np.empty(n, dtype=np.uint64)
+    for r in range(n):
+        h = np.uint64(1469598103934665603) ^ np.uint64(plen[r])
+        for q in range(indptr[r], indptr[r] + plen[r]):
+            h = (h ^ np.uint64(idx[q])) * np.uint64(1099511628211)
+        key[r] = h
+    by_key = np.argsort(key, kind="mergesort")
+    order = np.empty(n, dtype=np.int64)
+    gptr = np.empty(n + 1, dtype=np.int64)
+    gptr[0] = 0
+    no = 0
+    ng = 0
+    singles = np.empty(n, dtype=np.int64)
+    ns = 0
+    s = 0
+    while s < n:
+        e = s + 1
+        while e < n and key[by_key[e]] == key[by_key[s]]:
+            e += 1
+        lead = by_key[s]
+        if plen[lead] > 0:
+            start = no
+            for t in range(s, e):  # rows matching the run's first (hash collisions stay out)
+                r = by_key[t]
+                if _same_prefix(indptr, idx, plen, lead, r):
+                    order[no] = r
+                    no += 1
+                elif indptr[r + 1] > indptr[r]:
+                    singles[ns] = r
+                    ns += 1
+            if no - start >= MIN_GROUP:
+                ng += 1
+                gptr[ng] = no
+            else:
+                for t in range(start, no):
+                    singles[ns] = order[t]
+                    ns += 1
+                no = start
+        else:
+            for t in range(s, e):
+                r = by_key[t]
+                if indptr[r + 1] > indptr[r]:
+                    singles[ns] = r
+                    ns += 1
+        s = e
+    for t in range(ns):
+        order[no] = singles[t]
+        no += 1
+        ng += 1
+        gptr[ng] = no
+    return plen, order[:no], gptr[: ng + 1]
+
+
+@njit(cache=True, nogil=True)
+def grouped_dense_affine(c, indptr, idx, val, beta, rad, m, wt_t, aw, bias):
+    """csr_to_dense_affine (same columns, same error box) with row groups as BLAS products."""
+    n_in, n_out = wt_t.shape
+    col = np.full(m, -1, dtype=np.int64)
+    mu = 0
+    for q in range(indptr[n_in]):
+        j = idx[q]
+        if col[j] < 0:
+            col[j] = mu
+            mu += 1
+    gt = np.zeros((mu, n_out))
+    plen, order, gptr = row_groups(indptr, idx, m)
+    for g in range(gptr.shape[0] - 1):
+        a, b = gptr[g], gptr[g + 1]
+        lead = order[a]
+        pl = plen[lead] if b - a >= MIN_GROUP else 0
+        if pl > 0:
+            vt = np.empty((pl, b - a))
+            wg = np.empty((b - a, n_out))
+            for t in range(b - a):
+                r = order[a + t]
+                p0 = indptr[r]
+                for u in range(pl):
+                    vt[u, t] = val[p0 + u]
+                wg[t, :] = wt_t[r, :]
+            res = np.dot(vt, wg)
+            p0 = indptr[lead]
+            for u in range(pl):
+                rr = col[idx[p0 + u]]
+                for i in range(n_out):
+                    gt[rr, i] += res[u, i]
+        for t in range(b - a):  # the rest of each row (tails; whole rows of small groups)
+            k = order[a + t]
+            for q in range(indptr[k] + pl, indptr[k + 1]):
+                rr = col[idx[q]]
+                v = val[q]
+                for i in range(n_out):
+                    gt[rr, i] += v * wt_t[k, i]
+    out_c, out_beta = _affine_centre(c, beta, rad, wt_t, aw, bias)
+    return out_c, gt, out_beta
