@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 PYTHON  := $(BIN)/python
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: setup setup-worker test test-fast lint demo kafka kafka-stop bench soak fuzz study-quick study study-domains study-cifar adaptive artefacts models clean
+.PHONY: setup setup-worker test test-fast lint demo kafka kafka-stop bench bench-scale soak fuzz study-quick study study-domains study-cifar adaptive artefacts models clean
 
 $(PYTHON):
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,9 @@ kafka-stop:
 bench:  ## speed of the verifier and of the worker through Kafka (prints figures)
 	$(PYTHON) -m bench.verifier
 	$(PYTHON) -m bench.worker
+
+bench-scale:  ## DeepZono/DeepPoly cost on ConvSmall..ConvBig and the ResNets (trains them into .cache/refnets once)
+	$(PYTHON) -m bench.scale $(if $(NETS),--nets $(NETS)) $(if $(N),--n $(N))
 
 soak:  ## one worker at 80 % of capacity for SOAK_MINUTES (default 5); prints lag, latency, memory
 	$(PYTHON) -m bench.soak --minutes $(or $(SOAK_MINUTES),5)
