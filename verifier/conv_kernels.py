@@ -161,7 +161,7 @@ def conv_union_sizes(indptr, idx, m, tap_k):
 
 
 @njit(cache=True, nogil=True)
-def _group_blocks(indptr, val, plen, order, gptr, n_in):
+def _group_blocks(indptr, val, plen, order, gptr, n_in, min_group):
     """Per input row its group (-1: none) and place in it; each group's prefix values
     transposed (plen x size, contiguous at voff[g]) so a window's share is one BLAS operand."""
     ng = gptr.shape[0] - 1
@@ -170,12 +170,12 @@ def _group_blocks(indptr, val, plen, order, gptr, n_in):
     voff = np.zeros(ng + 1, dtype=np.int64)
     for g in range(ng):
         a, b = gptr[g], gptr[g + 1]
-        size = b - a if b - a >= MIN_GROUP else 0
+        size = b - a if b - a >= min_group else 0
         voff[g + 1] = voff[g] + plen[order[a]] * size
     vt = np.empty(voff[ng])
     for g in range(ng):
         a, b = gptr[g], gptr[g + 1]
-        if b - a < MIN_GROUP:
+        if b - a < min_group:
             continue
         size = b - a
         pl = plen[order[a]]
@@ -189,7 +189,7 @@ def _group_blocks(indptr, val, plen, order, gptr, n_in):
 
 
 @njit(cache=True, nogil=True)
-def _conv_grouped(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, usize):
+def _conv_grouped(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, usize, min_group):
     """csr_conv's general case. Per output position, the window's generators get slots in a
     dense accumulator (slot x channel, no sorting or merging of ids); taps whose input rows
     form a group (group_kernels.row_groups) add their shared prefix as one BLAS product
@@ -198,8 +198,8 @@ def _conv_grouped(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, usize):
     npos, ntap = tap_k.shape
     co_n = wtap.shape[1]
     n_in = indptr.shape[0] - 1
-    plen, order, gptr = row_groups(indptr, idx, m)
-    grp, mem, voff, vt = _group_blocks(indptr, val, plen, order, gptr, n_in)
+    plen, order, gptr = row_groups(indptr, idx, m, min_group)
+    grp, mem, voff, vt = _group_blocks(indptr, val, plen, order, gptr, n_in, min_group)
     n_out = co_n * npos
     out_ptr = np.empty(n_out + 1, dtype=np.int64)
     out_ptr[0] = 0
@@ -305,10 +305,11 @@ def _conv_grouped(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, usize):
     return out_c, out_ptr, out_idx, out_val, out_beta, gsum
 
 
-def csr_conv(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias):
+def csr_conv(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, min_group=MIN_GROUP):
     """Convolution of a CSR zonotope; tap_k, wtap from conv_taps. Returns (c, indptr, idx,
     val, beta, gsum), gsum a sound upper bound of each output row's sum |G| (widen_up of the
     sum of the stored values). Checks the memory cap (verifier.memory) before allocating.
+    min_group: the smallest row group taken as one BLAS product (larger than the input: none).
 
     Rounding: every output coefficient is a sum over the taps of products w v, added in any
     order and grouping (BLAS partial sums per group, then the accumulator); the a-priori
@@ -326,4 +327,5 @@ def csr_conv(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias):
     # the output, plus the grouped copy of the input's values and the id maps over m
     ensure_fits(held + csr_bytes(co_n * npos, co_n * int(usize.sum())) + 8 * indptr[-1]
                 + 24 * m)
-    return _conv_grouped(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, usize)
+    return _conv_grouped(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, usize,
+                         min_group)

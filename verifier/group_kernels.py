@@ -50,10 +50,10 @@ def _same_prefix(indptr, idx, plen, a, b):
 
 
 @njit(cache=True, nogil=True)
-def row_groups(indptr, idx, m):
+def row_groups(indptr, idx, m, min_group=MIN_GROUP):
     """(plen, order, gptr): rows order[gptr[g]:gptr[g + 1]] share the first plen ids exactly.
 
-    Empty rows are left out; rows in no group of MIN_GROUP or more come as groups of one.
+    Empty rows are left out; rows in no group of min_group or more come as groups of one.
     """
     n = indptr.shape[0] - 1
     plen = _prefix_lengths(indptr, idx, m)
@@ -87,7 +87,7 @@ def row_groups(indptr, idx, m):
                 elif indptr[r + 1] > indptr[r]:
                     singles[ns] = r
                     ns += 1
-            if no - start >= MIN_GROUP:
+            if no - start >= min_group:
                 ng += 1
                 gptr[ng] = no
             else:
@@ -111,7 +111,7 @@ def row_groups(indptr, idx, m):
 
 
 @njit(cache=True, nogil=True)
-def grouped_dense_affine(c, indptr, idx, val, beta, rad, m, wt_t, aw, bias):
+def grouped_dense_affine(c, indptr, idx, val, beta, rad, m, wt_t, aw, bias, min_group=MIN_GROUP):
     """csr_to_dense_affine (same columns, same error box) with row groups as BLAS products."""
     n_in, n_out = wt_t.shape
     col = np.full(m, -1, dtype=np.int64)
@@ -122,11 +122,11 @@ def grouped_dense_affine(c, indptr, idx, val, beta, rad, m, wt_t, aw, bias):
             col[j] = mu
             mu += 1
     gt = np.zeros((mu, n_out))
-    plen, order, gptr = row_groups(indptr, idx, m)
+    plen, order, gptr = row_groups(indptr, idx, m, min_group)
     for g in range(gptr.shape[0] - 1):
         a, b = gptr[g], gptr[g + 1]
         lead = order[a]
-        pl = plen[lead] if b - a >= MIN_GROUP else 0
+        pl = plen[lead] if b - a >= min_group else 0
         if pl > 0:
             vt = np.empty((pl, b - a))
             wg = np.empty((b - a, n_out))
