@@ -139,11 +139,12 @@ def _conv_distinct(c, indptr, idx, val, beta, rad, tap_k, wtap, bias):
 
 
 @njit(cache=True, nogil=True)
-def conv_union_sizes(indptr, idx, m, tap_k):
+def conv_union_sizes(indptr, idx, m, tap_k, grp, plen, order, gptr):
     """Per output position, the number of distinct generators in its input window (the
-    length of every output row at that position)."""
+    length of every output row at that position); a group's shared prefix is read once."""
     npos, ntap = tap_k.shape
     seen = np.full(m, -1, dtype=np.int64)
+    gseen = np.full(gptr.shape[0] - 1, -1, dtype=np.int64)
     usize = np.zeros(npos, dtype=np.int64)
     for pos in range(npos):
         cnt = 0
@@ -151,7 +152,19 @@ def conv_union_sizes(indptr, idx, m, tap_k):
             k = tap_k[pos, t]
             if k < 0:
                 continue
-            for q in range(indptr[k], indptr[k + 1]):
+            start = indptr[k]
+            g = grp[k]
+            if g >= 0:
+                if gseen[g] != pos:
+                    gseen[g] = pos
+                    lead = order[gptr[g]]
+                    for q in range(indptr[lead], indptr[lead] + plen[lead]):
+                        j = idx[q]
+                        if seen[j] != pos:
+                            seen[j] = pos
+                            cnt += 1
+                start += plen[k]
+            for q in range(start, indptr[k + 1]):
                 j = idx[q]
                 if seen[j] != pos:
                     seen[j] = pos
@@ -162,8 +175,8 @@ def conv_union_sizes(indptr, idx, m, tap_k):
 
 @njit(cache=True, nogil=True)
 def _group_blocks(indptr, val, plen, order, gptr, n_in, min_group):
-    """Per input row its group (-1: none) and place in it; each group's prefix values
-    transposed (plen x size, contiguous at voff[g]) so a window's share is one BLAS operand."""
+    """Per input row its group (-1: none) and place in it; each group's prefix values as one
+    contiguous size x plen block at voff[g], so a window's share is one BLAS operand."""
     ng = gptr.shape[0] - 1
     grp = np.full(n_in, -1, dtype=np.int64)
     mem = np.zeros(n_in, dtype=np.int64)
@@ -183,13 +196,13 @@ def _group_blocks(indptr, val, plen, order, gptr, n_in, min_group):
             r = order[a + t]
             grp[r] = g
             mem[r] = t
-            for u in range(pl):
-                vt[voff[g] + u * size + t] = val[indptr[r] + u]
+            o = voff[g] + t * pl
+            vt[o: o + pl] = val[indptr[r]: indptr[r] + pl]
     return grp, mem, voff, vt
 
 
 @njit(cache=True, nogil=True)
-def _conv_grouped(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, usize, min_group):
+def _conv_grouped(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, usize, groups):
     """csr_conv's general case. Per output position, the window's generators get slots in a
     dense accumulator (slot x channel, no sorting or merging of ids); taps whose input rows
     form a group (group_kernels.row_groups) add their shared prefix as one BLAS product
@@ -197,9 +210,7 @@ def _conv_grouped(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, usize, m
     all channels in a contiguous loop."""
     npos, ntap = tap_k.shape
     co_n = wtap.shape[1]
-    n_in = indptr.shape[0] - 1
-    plen, order, gptr = row_groups(indptr, idx, m, min_group)
-    grp, mem, voff, vt = _group_blocks(indptr, val, plen, order, gptr, n_in, min_group)
+    plen, order, gptr, grp, mem, voff, vt = groups
     n_out = co_n * npos
     out_ptr = np.empty(n_out + 1, dtype=np.int64)
     out_ptr[0] = 0
@@ -249,16 +260,20 @@ def _conv_grouped(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, usize, m
             pl = plen[lead] if g >= 0 else 0
             if pl > 0:
                 size = gptr[g + 1] - gptr[g]
-                block = vt[voff[g]: voff[g + 1]].reshape((pl, size))
-                vsub = np.empty((pl, nr))
+                block = vt[voff[g]: voff[g + 1]].reshape((size, pl))
                 wsel = np.empty((nr, co_n))
+                whole = nr == size  # every member, in the block's order: no gather
                 for i in range(nr):
-                    r = mem[tap_k[pos, run_t[i]]]
-                    for u in range(pl):
-                        vsub[u, i] = block[u, r]
+                    whole = whole and mem[tap_k[pos, run_t[i]]] == i
                     for co in range(co_n):
                         wsel[i, co] = wtap[run_t[i], co]
-                res = np.dot(vsub, wsel)
+                if whole:
+                    res = np.dot(block.T, wsel)
+                else:
+                    vsub = np.empty((nr, pl))
+                    for i in range(nr):
+                        vsub[i, :] = block[mem[tap_k[pos, run_t[i]]], :]
+                    res = np.dot(vsub.T, wsel)
                 q0 = indptr[lead]
                 for u in range(pl):
                     j = idx[q0 + u]
@@ -323,9 +338,11 @@ def csr_conv(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, min_group=MIN
     if _one_generator_each(indptr, idx):
         ensure_fits(held + csr_bytes(co_n * npos, co_n * npos * ntap))
         return _conv_distinct(c, indptr, idx, val, beta, rad, tap_k, wtap, bias)
-    usize = conv_union_sizes(indptr, idx, m, tap_k)
-    # the output, plus the grouped copy of the input's values and the id maps over m
-    ensure_fits(held + csr_bytes(co_n * npos, co_n * int(usize.sum())) + 8 * indptr[-1]
-                + 24 * m)
+    work = 8 * indptr[-1] + 48 * n_in + 24 * m  # the grouped copy of the values, id maps
+    ensure_fits(held + work)
+    plen, order, gptr = row_groups(indptr, idx, m, min_group)
+    grp, mem, voff, vt = _group_blocks(indptr, val, plen, order, gptr, n_in, min_group)
+    usize = conv_union_sizes(indptr, idx, m, tap_k, grp, plen, order, gptr)
+    ensure_fits(held + work + csr_bytes(co_n * npos, co_n * int(usize.sum())))
     return _conv_grouped(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, usize,
-                         min_group)
+                         (plen, order, gptr, grp, mem, voff, vt))
