@@ -174,9 +174,10 @@ def conv_union_sizes(indptr, idx, m, tap_k, grp, plen, order, gptr):
 
 
 @njit(cache=True, nogil=True)
-def _group_blocks(indptr, val, plen, order, gptr, n_in, min_group):
+def _group_blocks(indptr, val, plen, order, gptr, n_in, min_group, vt):
     """Per input row its group (-1: none) and place in it; each group's prefix values as one
-    contiguous size x plen block at voff[g], so a window's share is one BLAS operand."""
+    contiguous size x plen block at voff[g] of vt (at least as long as the input's values),
+    so a window's share is one BLAS operand."""
     ng = gptr.shape[0] - 1
     grp = np.full(n_in, -1, dtype=np.int64)
     mem = np.zeros(n_in, dtype=np.int64)
@@ -185,7 +186,6 @@ def _group_blocks(indptr, val, plen, order, gptr, n_in, min_group):
         a, b = gptr[g], gptr[g + 1]
         size = b - a if b - a >= min_group else 0
         voff[g + 1] = voff[g] + plen[order[a]] * size
-    vt = np.empty(voff[ng])
     for g in range(ng):
         a, b = gptr[g], gptr[g + 1]
         if b - a < min_group:
@@ -198,16 +198,18 @@ def _group_blocks(indptr, val, plen, order, gptr, n_in, min_group):
             mem[r] = t
             o = voff[g] + t * pl
             vt[o: o + pl] = val[indptr[r]: indptr[r] + pl]
-    return grp, mem, voff, vt
+    return grp, mem, voff
 
 
 @njit(cache=True, nogil=True)
-def _conv_grouped(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, usize, groups):
+def _conv_grouped(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, usize, groups, out_idx,
+                  out_val):
     """csr_conv's general case. Per output position, the window's generators get slots in a
     dense accumulator (slot x channel, no sorting or merging of ids); taps whose input rows
     form a group (group_kernels.row_groups) add their shared prefix as one BLAS product
     (prefix x members) @ (members x channels); every other entry is added one by one into
-    all channels in a contiguous loop."""
+    all channels in a contiguous loop. out_idx, out_val: the output's arrays (allocated by
+    the caller, sized from usize)."""
     npos, ntap = tap_k.shape
     co_n = wtap.shape[1]
     plen, order, gptr, grp, mem, voff, vt = groups
@@ -218,8 +220,6 @@ def _conv_grouped(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, usize, g
         for pos in range(npos):
             o = co * npos + pos
             out_ptr[o + 1] = out_ptr[o] + usize[pos]
-    out_idx = np.empty(out_ptr[n_out], dtype=np.int64)
-    out_val = np.empty(out_ptr[n_out])
     gsum = np.empty(n_out)
     umax = 1
     for pos in range(npos):
@@ -341,8 +341,12 @@ def csr_conv(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, min_group=MIN
     work = 8 * indptr[-1] + 48 * n_in + 24 * m  # the grouped copy of the values, id maps
     ensure_fits(held + work)
     plen, order, gptr = row_groups(indptr, idx, m, min_group)
-    grp, mem, voff, vt = _group_blocks(indptr, val, plen, order, gptr, n_in, min_group)
+    vt = np.empty(indptr[-1])  # numpy's allocator: huge pages, cheap first touch
+    grp, mem, voff = _group_blocks(indptr, val, plen, order, gptr, n_in, min_group, vt)
     usize = conv_union_sizes(indptr, idx, m, tap_k, grp, plen, order, gptr)
-    ensure_fits(held + work + csr_bytes(co_n * npos, co_n * int(usize.sum())))
+    nnz = co_n * int(usize.sum())
+    ensure_fits(held + work + csr_bytes(co_n * npos, nnz))
+    # numpy's allocator asks for huge pages on big arrays: first touch costs far less
     return _conv_grouped(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, usize,
-                         (plen, order, gptr, grp, mem, voff, vt))
+                         (plen, order, gptr, grp, mem, voff, vt),
+                         np.empty(nnz, dtype=np.int64), np.empty(nnz))

@@ -112,17 +112,31 @@ def row_groups(indptr, idx, m, min_group=MIN_GROUP):
 
 
 @njit(cache=True, nogil=True)
-def grouped_dense_affine(c, indptr, idx, val, beta, rad, m, wt_t, aw, bias, min_group=MIN_GROUP):
-    """csr_to_dense_affine (same columns, same error box) with row groups as BLAS products."""
-    n_in, n_out = wt_t.shape
+def _used_columns(indptr, idx, m):
+    """The dense column of every generator id in order of first use (-1: unused), and their
+    number (csr_to_dense_affine's numbering)."""
     col = np.full(m, -1, dtype=np.int64)
     mu = 0
-    for q in range(indptr[n_in]):
+    for q in range(indptr[indptr.shape[0] - 1]):
         j = idx[q]
         if col[j] < 0:
             col[j] = mu
             mu += 1
-    gt = np.zeros((mu, n_out))
+    return col, mu
+
+
+def grouped_dense_affine(c, indptr, idx, val, beta, rad, m, wt_t, aw, bias, min_group=MIN_GROUP):
+    """csr_to_dense_affine (same columns, same error box) with row groups as BLAS products.
+    The output is allocated here: numpy's allocator asks for huge pages on big arrays."""
+    col, mu = _used_columns(indptr, idx, m)
+    gt = np.zeros((mu, wt_t.shape[1]))
+    return _grouped_dense_affine(c, indptr, idx, val, beta, rad, m, wt_t, aw, bias, min_group,
+                                 col, gt)
+
+
+@njit(cache=True, nogil=True)
+def _grouped_dense_affine(c, indptr, idx, val, beta, rad, m, wt_t, aw, bias, min_group, col, gt):
+    n_out = wt_t.shape[1]
     plen, order, gptr = row_groups(indptr, idx, m, min_group)
     for g in range(gptr.shape[0] - 1):
         a, b = gptr[g], gptr[g + 1]
