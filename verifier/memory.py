@@ -22,7 +22,7 @@ class VerifierMemoryError(ValueError):
         self.need, self.cap, self.where = need, cap, where
         at = f" at {where}" if where else ""
         super().__init__(
-            f"zonotope{at} would need {need / GB:.1f} GB, over the {cap / GB:.1f} GB cap ({ENV})"
+            f"zonotope{at} would need {_size(need)}, over the {_size(cap)} cap ({ENV})"
         )
 
     def at(self, where: str) -> VerifierMemoryError:
@@ -36,6 +36,10 @@ class VerifierMemoryError(ValueError):
             shape = layer.weight.shape[:1]
         dims = " " + "x".join(str(d) for d in shape) if shape else ""
         return self.at(f"layer {index} ({type(layer).__name__}{dims})")
+
+
+def _size(n: int) -> str:
+    return f"{n / GB:.1f} GB" if n >= GB else f"{n / MB:.1f} MB"
 
 
 def cap_bytes() -> int:

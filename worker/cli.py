@@ -574,7 +574,7 @@ def _is_user_error(exc: Exception) -> bool:
         "UnsupportedModelError", "InputFileError", "ProfileError", "BrokerError", "CliError",
         "ConfigError", "FileNotFoundError", "IsADirectoryError", "PermissionError",
         "NoBrokersAvailable", "ReplayFileError", "ServiceError", "DemoError",
-        "KafkaTimeoutError", "KafkaConnectionError",
+        "KafkaTimeoutError", "KafkaConnectionError", "VerifierMemoryError",
     }
     return any(cls.__name__ in names for cls in type(exc).__mro__)
 

@@ -112,13 +112,13 @@ def test_memory_cap_names_the_layer_that_would_not_fit(monkeypatch):
     net = _wide_net(np.random.default_rng(0))
     x = np.random.default_rng(1).uniform(size=64)
     assert is_robust(net, x, 0.0) in (True, False)  # fits under the default cap
-    monkeypatch.setenv(ENV, "0.01")  # 10 KiB: the first convolution's state is larger
+    monkeypatch.setenv(ENV, "0.05")  # 51 KiB: the first convolution's state is larger
     with pytest.raises(VerifierMemoryError) as err:
         is_robust(net, x, 0.05)
     assert isinstance(err.value, ValueError)
     assert str(err.value).startswith("zonotope at layer 0 (Conv 6x8x8) would need ")
-    assert str(err.value).endswith(f"GB cap ({ENV})")
-    assert err.value.need > err.value.cap == int(0.01 * (1 << 20))
+    assert str(err.value).endswith(f"MB, over the 0.1 MB cap ({ENV})")
+    assert err.value.need > err.value.cap == int(0.05 * (1 << 20))
 
 
 def test_memory_cap_reads_the_environment(monkeypatch):
