@@ -39,7 +39,7 @@ class VerifierMemoryError(ValueError):
 
 
 def _size(n: int) -> str:
-    return f"{n / GB:.1f} GB" if n >= GB else f"{n / MB:.1f} MB"
+    return f"{n / GB:.1f} GB" if n >= GB else f"{n / MB:.3g} MB"
 
 
 def cap_bytes() -> int:

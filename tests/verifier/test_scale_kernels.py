@@ -117,7 +117,7 @@ def test_memory_cap_names_the_layer_that_would_not_fit(monkeypatch):
         is_robust(net, x, 0.05)
     assert isinstance(err.value, ValueError)
     assert str(err.value).startswith("zonotope at layer 0 (Conv 6x8x8) would need ")
-    assert str(err.value).endswith(f"MB, over the 0.1 MB cap ({ENV})")
+    assert str(err.value).endswith(f"MB, over the 0.05 MB cap ({ENV})")
     assert err.value.need > err.value.cap == int(0.05 * (1 << 20))
 
 
