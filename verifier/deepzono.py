@@ -5,9 +5,11 @@ convolutions and pools, where each neuron depends on few generators, and dense t
 connected layers (dropping every generator no neuron uses; held generator-major, so `dense`
 is the n x m transposed view of a row-major m x n array). Networks that are a chain of
 Dense/activation layers take a fused kernel (property_kernels.dense_chain_lower): the walk's
-arithmetic with each activation folded into the next dense layer, in one GIL-free call. Why
-the results are sound in floating point: the docstrings of verifier.kernels,
-verifier.pool_kernels and verifier.property_kernels.
+arithmetic with each activation folded into the next dense layer, in one GIL-free call.
+Every transfer checks the memory cap (verifier.memory) before a big allocation. Why the
+results are sound in floating point: the docstrings of verifier.kernels,
+verifier.conv_kernels, verifier.group_kernels, verifier.pool_kernels and
+verifier.property_kernels.
 """
 
 from __future__ import annotations
