@@ -57,7 +57,7 @@ class SpatialOps:
         self._conv(node, weight, np.zeros(c), kernel, c)
         if exclude:
             ones = Conv(np.ones((1, 1, kh, kw)), np.zeros(1), (1, h, w), (1, oh, ow),
-                        self.layers[-1].stride, pads)
+                        self.layers[self.src].stride, pads)
             counts = apply_layer(ones, np.ones(h * w))
             self.append(Scale(np.tile(1.0 / counts, c), np.zeros(c * oh * ow)))
 
