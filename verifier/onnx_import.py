@@ -370,7 +370,7 @@ class _Builder(SpatialOps, JoinOps):
         self.append(Tanh())
 
     def _op_LeakyRelu(self, node, args):
-        alpha = float(attr(node, "alpha", 0.01))
+        alpha = float(attr(node, "alpha", np.float32(0.01)))  # a float32 attribute
         if not 0.0 <= alpha < 1.0:
             raise UnsupportedModelError(
                 f"LeakyRelu {node.name!r}: alpha {alpha} is outside [0, 1)"
