@@ -114,9 +114,11 @@ class Zonotope:
 
     def compacted(self, m: int) -> Blocks:
         """The blocks of a result holding these generators renumbered by first use in idx
-        (csr_to_dense_affine's numbering, a function of idx alone): one block whose tag is
-        the same for every renumbering of this zonotope, so branches that both renumber it
-        still share their generators."""
+        (csr_to_dense_affine's numbering, a function of idx alone): these blocks when that
+        keeps every id (an input box), else one block whose tag is the same for every
+        renumbering of this zonotope, so branches that both renumber it still share."""
+        if m == self.m and J.keeps_ids(self.idx, self.m):
+            return self.blocks
         if self.compact_tag is None:
             self.compact_tag = next(_TAGS)
         return ((self.compact_tag, m),)

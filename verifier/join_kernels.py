@@ -140,3 +140,19 @@ def leaky_relaxation(alpha, lo, hi):
             mid, half = _enclose(0.0, top)
             lam[i], mu[i], nu[i] = s, mid, half
     return lam, mu, nu
+
+
+@njit(cache=True, nogil=True)
+def keeps_ids(idx, m):
+    """Whether numbering the ids < m by first use in idx (csr_to_dense_affine's compaction)
+    gives every id its own number back: all m used, each first met in increasing order."""
+    seen = np.zeros(m, dtype=np.bool_)
+    nxt = 0
+    for q in range(idx.shape[0]):
+        j = idx[q]
+        if not seen[j]:
+            if j != nxt:
+                return False
+            seen[j] = True
+            nxt += 1
+    return nxt == m
