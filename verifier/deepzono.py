@@ -238,10 +238,10 @@ def _maxpool(arrays: tuple, z: Zonotope) -> Zonotope:
 # ----------------------------------------------------------------------------- joins
 
 
-def _align(zs: tuple[Zonotope, ...]) -> tuple[list[np.ndarray], int, Blocks]:
+def _align(zs: tuple[Zonotope, ...]) -> tuple[list[np.ndarray | None], int, Blocks]:
     """One numbering for all operands: the first's blocks, then every block of a later operand
-    whose tag is new, in order. Returns per operand the new id of each of its ids, the number
-    of ids, and the blocks of that numbering."""
+    whose tag is new, in order. Returns per operand the new id of each of its ids (None when
+    every id keeps its number), the number of ids, and the blocks of that numbering."""
     place: dict[int, tuple[int, int]] = {}  # tag -> (first new id, size)
     blocks: list[tuple[int, int]] = []
     maps = []
@@ -251,7 +251,7 @@ def _align(zs: tuple[Zonotope, ...]) -> tuple[list[np.ndarray], int, Blocks]:
         if start < z.m:  # untagged trailing ids: private to this operand
             own.append((next(_TAGS), z.m))
         remap = np.empty(z.m, np.int64)
-        start = 0
+        start, same = 0, True
         for tag, end in own:
             if tag not in place:
                 place[tag] = (blocks[-1][1] if blocks else 0, end - start)
@@ -260,19 +260,25 @@ def _align(zs: tuple[Zonotope, ...]) -> tuple[list[np.ndarray], int, Blocks]:
             if size != end - start:
                 raise RuntimeError(f"generator block {tag} has sizes {size} and {end - start}")
             remap[start:end] = np.arange(at, at + size)
+            same = same and at == start
             start = end
-        maps.append(remap)
+        maps.append(None if same else remap)
     return maps, (blocks[-1][1] if blocks else 0), tuple(blocks)
 
 
-def _embedded(z: Zonotope, remap: np.ndarray, gt: np.ndarray, col: int) -> None:
+def _ids(z: Zonotope, remap: np.ndarray | None) -> np.ndarray:
+    """The generator ids of a CSR zonotope's entries in the common numbering."""
+    return z.idx if remap is None else remap[z.idx]
+
+
+def _embedded(z: Zonotope, remap: np.ndarray | None, gt: np.ndarray, col: int) -> None:
     """Write z's generators into columns col.. of gt (m x n, zero there) at ids remap[id]."""
     n = z.c.shape[0]
     if z.is_dense:
-        gt[remap, col : col + n] = z.dense.T
+        gt[slice(z.m) if remap is None else remap, col : col + n] = z.dense.T
     else:
         rows = np.repeat(np.arange(n), np.diff(z.indptr))
-        gt[remap[z.idx], col + rows] = z.val
+        gt[_ids(z, remap), col + rows] = z.val
 
 
 def _add(_layer, *zs: Zonotope) -> Zonotope:
@@ -287,11 +293,11 @@ def _add(_layer, *zs: Zonotope) -> Zonotope:
         for z, other in zip(zs[1:], gts[1:], strict=True):
             c, gt, beta = J.dense_add(c, gt, beta, z.c, other, z.beta)
         return Zonotope.of_dense(c, gt, beta, blocks)
-    z0 = zs[0]
-    c, ptr, idx, val, beta, gsum = z0.c, z0.indptr, maps[0][z0.idx], z0.val, z0.beta, z0.row_sums()
+    z = zs[0]
+    c, ptr, idx, val, beta, gsum = z.c, z.indptr, _ids(z, maps[0]), z.val, z.beta, z.row_sums()
     for z, remap in zip(zs[1:], maps[1:], strict=True):
         c, ptr, idx, val, beta, gsum = J.csr_add(
-            c, ptr, idx, val, beta, gsum, z.c, z.indptr, remap[z.idx], z.val, z.beta,
+            c, ptr, idx, val, beta, gsum, z.c, z.indptr, _ids(z, remap), z.val, z.beta,
             z.row_sums(), m,
         )
     return Zonotope(c, beta, m, indptr=ptr, idx=idx, val=val, gsum=gsum, blocks=blocks)
@@ -311,7 +317,7 @@ def _concat(_layer, *zs: Zonotope) -> Zonotope:
         return Zonotope.of_dense(c, gt, beta, blocks)
     offsets = np.cumsum([0] + [z.indptr[-1] for z in zs[:-1]])
     ptr = np.concatenate([[0]] + [z.indptr[1:] + o for z, o in zip(zs, offsets, strict=True)])
-    idx = np.concatenate([remap[z.idx] for z, remap in zip(zs, maps, strict=True)])
+    idx = np.concatenate([_ids(z, remap) for z, remap in zip(zs, maps, strict=True)])
     val = np.concatenate([z.val for z in zs])
     gsum = np.concatenate([z.row_sums() for z in zs])
     return Zonotope(c, beta, m, indptr=ptr.astype(np.int64), idx=idx, val=val, gsum=gsum,

@@ -83,7 +83,7 @@ def csr_add(c_a, ptr_a, idx_a, val_a, beta_a, sum_a, c_b, ptr_b, idx_b, val_b, b
         out_ptr[i + 1] = p
         gsum[i] = widen_up(s, p - start)
     out_c, out_beta = _sum_centre(c_a, beta_a, sum_a, c_b, beta_b, sum_b)
-    return out_c, out_ptr, out_idx[:p].copy(), out_val[:p].copy(), out_beta, gsum
+    return out_c, out_ptr, out_idx[:p], out_val[:p], out_beta, gsum
 
 
 @njit(cache=True, nogil=True)
