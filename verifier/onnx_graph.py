@@ -47,8 +47,10 @@ class JoinOps:
             self.flush_permutation(node)
             srcs.append(self.src)
             shapes.append(self.shape)
+        src, sole = self.src, self.sole
         handler(node, srcs, shapes)
-        self.sole = self.readers.get(node.output[0], 0) <= 1
+        # a join of one tensor is that tensor: its layer keeps its other readers
+        self.sole = (sole or self.src != src) and self.readers.get(node.output[0], 0) <= 1
 
     def _same_shape(self, node, shapes: list[tuple[int, ...]]) -> None:
         if any(s != shapes[0] for s in shapes):
@@ -78,9 +80,9 @@ class JoinOps:
                 f"of equal other dimensions; got axis {axis} and shapes "
                 f"{', '.join(map(str, shapes))}"
             )
-        sizes = tuple(int(np.prod(s)) for s in shapes)
-        self.append(Concat(sizes), tuple(srcs))
-        self.shape = (sum(s[0] for s in shapes), *shapes[0][1:])
+        if len(srcs) > 1:  # Concat of one tensor is that tensor, already current
+            self.append(Concat(tuple(int(np.prod(s)) for s in shapes)), tuple(srcs))
+            self.shape = (sum(s[0] for s in shapes), *shapes[0][1:])
 
 
 def readers(nodes, input_name: str, output: str) -> dict[str, int]:

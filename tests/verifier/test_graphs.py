@@ -186,6 +186,19 @@ def test_no_fold_into_a_layer_another_node_reads():
     _check(B.model(nodes, inits, (2, 5, 5), 3), (2, 5, 5))
 
 
+@pytest.mark.parametrize("op", ["Sum", "Concat"])
+def test_a_join_of_one_tensor_is_that_tensor(op):
+    # the BatchNorm after Sum(y) must not fold into y's conv, which the Relu also reads
+    inits = {}
+    kw = {"axis": 1} if op == "Concat" else {}
+    nodes = [_conv(inits, "a", "input", "y", 2, 2, pads=[1, 1, 1, 1]),
+             helper.make_node(op, ["y"], ["s"], **kw), _bn(inits, "n", "s", "sn", 2),
+             helper.make_node("Relu", ["y"], ["r"]),
+             helper.make_node("Add", ["sn", "r"], ["o"]), *_head(inits, "o", 2 * 16)]
+    net = _check(B.model(nodes, inits, (2, 4, 4), 3), (2, 4, 4))
+    assert [type(v) for v in net.layers][:2] == [Conv, Scale]
+
+
 def test_folds_along_single_reader_edges_of_a_graph():
     """A BatchNorm in a branch folds into its conv; a constant Add into its branch's Gemm."""
     inits = {"w1": _w(5, 6), "b1": _w(5), "w2": _w(5, 6), "b2": _w(5), "c": _w(5)}
