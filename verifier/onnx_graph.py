@@ -10,7 +10,7 @@ other reader still sees its own value.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -20,6 +20,18 @@ from verifier.onnx_spatial import attr
 # Ops whose output is their input's value under another name or shape (no layer of their own).
 ALIASES = {"Identity", "Dropout", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose"}
 JOINS = {"Concat", "Sum"}  # ops that join tensors even when only one input is data
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """What the builder knows of one live tensor: its shape (no batch), the layer computing it
+    (INPUT for the input), a pending permutation and the identity Conv of a pending Pad."""
+
+    shape: tuple[int, ...]
+    layer: int
+    perm: np.ndarray | None = None
+    pad_layer: Conv | None = None
+    sole: bool = True  # no node but one reads the layer's value (through any alias)
 
 
 class JoinOps:

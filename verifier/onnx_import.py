@@ -7,14 +7,18 @@ the next Conv's padding or becomes a 1x1 identity Conv, a Transpose is a permuta
 into the next Dense layer's columns, per-channel normalisation is a Scale folded into the next
 affine layer, and a final Softmax/LogSoftmax is dropped (it keeps the order of the logits, so
 the argmax margins are taken before it; ``Network.meta["dropped_output_op"]`` records it),
-and Clip (ReLU6) is a chain of Scale and Relu layers. Shape (of the current tensor, whose
-shape is known) and every op whose inputs are all constants are evaluated at import.
+and Clip (ReLU6) is a chain of Scale and Relu layers. Shape (of a data tensor, whose shape
+is known) and every op whose inputs are all constants are evaluated at import.
 Tensors between layers are flattened in C order of the tracked shape (channel, row, column).
+
+Models may be DAGs: every live tensor is tracked by name, and Add/Sum/Sub/Concat of data
+tensors become join layers (verifier.onnx_graph, which also decides where folding is safe).
+A model that is a chain gives a chain Network (`sources == ()`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -33,11 +37,8 @@ from verifier.network import (
     Tanh,
     UnsupportedModelError,
 )
-from verifier.onnx_graph import ALIASES, JOINS, JoinOps, fold, graph_sources, readers
+from verifier.onnx_graph import ALIASES, JOINS, JoinOps, Tensor, fold, graph_sources, readers
 from verifier.onnx_spatial import SpatialOps, attr
-
-# Largest flat size for which a Transpose that no Dense layer absorbs becomes a Dense layer.
-MAX_PERMUTATION_DENSE = 4096
 
 
 def from_onnx_model(model: onnx.ModelProto) -> Network:
@@ -123,18 +124,6 @@ def _evaluate(node: onnx.NodeProto, raw: dict[str, np.ndarray]) -> list[np.ndarr
         ) from None
 
 
-@dataclass(frozen=True)
-class _Tensor:
-    """What the builder knows of one live tensor: its shape (no batch), the layer computing it
-    (INPUT for the input), a pending permutation and the identity Conv of a pending Pad."""
-
-    shape: tuple[int, ...]
-    layer: int
-    perm: np.ndarray | None = None
-    pad_layer: Conv | None = None
-    sole: bool = True  # no node but one reads the layer's value (through any alias)
-
-
 class _Builder(SpatialOps, JoinOps):
     """Turns ONNX nodes into layers, each reading the tensor (or, for a join, the tensors) the
     node reads: `load` makes a tensor current (its shape, layer `src`, pending state), the op
@@ -151,14 +140,14 @@ class _Builder(SpatialOps, JoinOps):
         self.layers: list[Layer] = []
         self.sources: list[tuple[int, ...]] = []
         self.dropped: str | None = None  # a final Softmax/LogSoftmax
-        self.load(_Tensor(input_shape, INPUT))
+        self.load(Tensor(input_shape, INPUT))
 
-    def load(self, tensor: _Tensor) -> None:
+    def load(self, tensor: Tensor) -> None:
         self.shape, self.src, self.sole = tensor.shape, tensor.layer, tensor.sole
         self.perm, self.pad_layer = tensor.perm, tensor.pad_layer
 
-    def state(self) -> _Tensor:
-        return _Tensor(self.shape, self.src, self.perm, self.pad_layer, self.sole)
+    def state(self) -> Tensor:
+        return Tensor(self.shape, self.src, self.perm, self.pad_layer, self.sole)
 
     @property
     def size(self) -> int:
@@ -204,23 +193,6 @@ class _Builder(SpatialOps, JoinOps):
         """Put a layer in place of the current one (_own), reading the same sources."""
         self.layers[self.src] = layer
         self.pad_layer = None
-
-    def flush_permutation(self, node: onnx.NodeProto | None) -> None:
-        """Materialise a pending Transpose as a Dense permutation layer (small tensors only)."""
-        if self.perm is None or np.array_equal(self.perm, np.arange(self.perm.size)):
-            self.perm = None
-            return
-        n = self.perm.size
-        if n > MAX_PERMUTATION_DENSE:
-            where = f"before node {node.name!r} ({node.op_type})" if node else "at the output"
-            raise UnsupportedModelError(
-                f"a Transpose of {n} values {where} is not followed by a Dense layer that can "
-                f"absorb it (only up to {MAX_PERMUTATION_DENSE} values become a Dense layer)"
-            )
-        w = np.zeros((n, n))
-        w[np.arange(n), self.perm] = 1.0
-        self.perm = None
-        self.append(Dense(w, np.zeros(n)))
 
     # ------------------------------------------------------------------ affine layers
 
