@@ -3,6 +3,8 @@
 import numpy as np
 import onnxruntime as ort
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import helper
 
 from tests.verifier import onnx_builders as B
@@ -260,3 +262,54 @@ def test_unsupported_graph_forms_name_the_node():
         size = 64 if name == "axis" else 32
         with pytest.raises(UnsupportedModelError, match=message):
             from_onnx_model(B.model(body, dict(inits), (2, 4, 4), size))
+
+
+def _random_onnx_dag(rng):
+    """Random nodes over [2, 4, 4] tensors, each reading random earlier tensors (so many are
+    read twice): convs, a zero Pad read by one or two convs, BatchNorm, constant Add/Mul,
+    activations, Identity, Add/Sub/Sum and a Concat (back to 2 channels by a 1x1 conv); the
+    tensors nobody read are summed into a dense head."""
+    inits, nodes, live, read = {}, [], ["input"], set()
+    for k in range(int(rng.integers(3, 9))):
+        pick = [live[int(i)] for i in rng.integers(0, len(live), size=3)]
+        a, b, c = pick
+        out, kind = f"t{k}", rng.integers(0, 9)
+        if kind == 0:
+            nodes.append(_conv(inits, f"c{k}", a, out, 2, 2, pads=[1, 1, 1, 1]))
+        elif kind == 1:
+            inits[f"p{k}"] = np.array([0, 0, 1, 1, 0, 0, 1, 1])
+            nodes += [helper.make_node("Pad", [a, f"p{k}"], [f"{out}p"]),
+                      _conv(inits, f"c{k}", f"{out}p", out, 2, 2)]
+            if rng.random() < 0.5:
+                nodes += [_conv(inits, f"d{k}", f"{out}p", f"{out}q", 2, 2),
+                          helper.make_node("Add", [f"{out}q", b], [f"{out}r"])]
+                live.append(f"{out}r")
+        elif kind == 2:
+            nodes.append(_bn(inits, f"n{k}", a, out, 2))
+        elif kind in (3, 4):
+            inits[f"k{k}"] = _w(1, 2, 1, 1)
+            nodes.append(helper.make_node("Add" if kind == 3 else "Mul", [a, f"k{k}"], [out]))
+        elif kind == 5:
+            op = ["Relu", "LeakyRelu", "Identity"][int(rng.integers(0, 3))]
+            nodes.append(helper.make_node(op, [a], [out]))
+        elif kind == 6:
+            nodes.append(helper.make_node(["Add", "Sub"][int(rng.integers(0, 2))], [a, b], [out]))
+        elif kind == 7:
+            nodes.append(helper.make_node("Sum", [a, b, c], [out]))
+        else:
+            nodes += [helper.make_node("Concat", [a, b], [f"{out}c"], axis=1),
+                      _conv(inits, f"c{k}", f"{out}c", out, 2, 4, k=1)]
+        read.update(pick if kind in (6, 7, 8) else [a])
+        read.update([b] if kind == 1 and f"{out}r" in live else [])
+        live.append(out)
+    sinks = [t for t in live if t not in read and t != "input"] or [live[-1]]
+    if len(sinks) > 1:
+        nodes.append(helper.make_node("Sum", sinks, ["sink"]))
+        sinks = ["sink"]
+    return B.model([*nodes, *_head(inits, sinks[0], 32)], inits, (2, 4, 4), 3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_random_graphs_match_onnxruntime(seed):
+    _check(_random_onnx_dag(np.random.default_rng(seed)), (2, 4, 4), n=3)
