@@ -74,7 +74,7 @@ def analyse(plan: Plan, box: InputBox) -> Any:
             raise err.at_layer(i, plan.net.layers[i]) from None
         for j in plan.sources[i]:
             if j != INPUT and plan.last_use[j] == i:
-                del outs[j]
+                outs.pop(j, None)  # a join may read one layer twice
     return outs[len(plan.steps) - 1]
 
 
