@@ -206,10 +206,10 @@ def _conv_grouped(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, usize, g
                   out_val):
     """csr_conv's general case. Per output position, the window's generators get slots in a
     dense accumulator (slot x channel, no sorting or merging of ids); taps whose input rows
-    form a group (group_kernels.row_groups) add their shared prefix as one BLAS product
-    (prefix x members) @ (members x channels); every other entry is added one by one into
-    all channels in a contiguous loop. out_idx, out_val: the output's arrays (allocated by
-    the caller, sized from usize)."""
+    form a group (group_kernels.row_groups, whose reordered idx, val this is given) add
+    their shared prefix as one BLAS product (prefix x members) @ (members x channels);
+    every other entry is added one by one into all channels in a contiguous loop.
+    out_idx, out_val: the output's arrays (allocated by the caller, sized from usize)."""
     npos, ntap = tap_k.shape
     co_n = wtap.shape[1]
     plen, order, gptr, grp, mem, voff, vt = groups
@@ -231,32 +231,35 @@ def _conv_grouped(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, usize, g
     ssum = np.empty(co_n)
     p0s = np.empty(co_n, dtype=np.int64)
     run_t = np.empty(ntap, dtype=np.int64)
+    pair_g = np.empty(ntap, dtype=np.int64)
+    pair_t = np.empty(ntap, dtype=np.int64)
+    ng = gptr.shape[0] - 1
     out_c, out_beta = _conv_centre(c, beta, rad, tap_k, wtap, bias)
     for pos in range(npos):
         nu = 0
-        t = 0
-        while t < ntap:
+        # the window's taps: grouped rows by group (stable: tap order within one), others as
+        # groups of their own
+        npair = 0
+        for t in range(ntap):
             k = tap_k[pos, t]
-            if k < 0 or indptr[k + 1] == indptr[k]:
-                t += 1
-                continue
-            g = grp[k]
+            if k >= 0 and indptr[k + 1] > indptr[k]:
+                pair_g[npair] = grp[k] if grp[k] >= 0 else ng + t
+                pair_t[npair] = t
+                npair += 1
+        by_g = np.argsort(pair_g[:npair], kind="mergesort")
+        s = 0
+        while s < npair:
+            g = pair_g[by_g[s]]
+            e = s
             nr = 0
-            if g >= 0:  # the run of taps whose rows are in group g (empty rows skipped)
-                e = t
-                while e < ntap:
-                    ke = tap_k[pos, e]
-                    if ke >= 0 and grp[ke] == g:
-                        run_t[nr] = e
-                        nr += 1
-                    elif ke >= 0 and indptr[ke + 1] > indptr[ke]:
-                        break
-                    e += 1
-            else:
-                run_t[0] = t
-                nr = 1
-                e = t + 1
-            lead = order[gptr[g]] if g >= 0 else k
+            while e < npair and pair_g[by_g[e]] == g:
+                run_t[nr] = pair_t[by_g[e]]
+                nr += 1
+                e += 1
+            s = e
+            if g >= ng:
+                g = -1
+            lead = order[gptr[g]] if g >= 0 else tap_k[pos, run_t[0]]
             pl = plen[lead] if g >= 0 else 0
             if pl > 0:
                 size = gptr[g + 1] - gptr[g]
@@ -303,7 +306,6 @@ def _conv_grouped(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, usize, g
                     v = val[q]
                     for co in range(co_n):
                         buf[sj, co] += wtap[tt, co] * v
-            t = e
         for co in range(co_n):
             p0s[co] = out_ptr[co * npos + pos]
             ssum[co] = 0.0
@@ -338,9 +340,9 @@ def csr_conv(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, min_group=MIN
     if _one_generator_each(indptr, idx):
         ensure_fits(held + csr_bytes(co_n * npos, co_n * npos * ntap))
         return _conv_distinct(c, indptr, idx, val, beta, rad, tap_k, wtap, bias)
-    work = 8 * indptr[-1] + 48 * n_in + 24 * m  # the grouped copy of the values, id maps
+    work = 24 * indptr[-1] + 48 * n_in + 24 * m  # reordered rows, grouped values, id maps
     ensure_fits(held + work)
-    plen, order, gptr = row_groups(indptr, idx, m, min_group)
+    idx, val, plen, order, gptr = row_groups(indptr, idx, val, m, min_group)
     vt = np.empty(indptr[-1])  # numpy's allocator: huge pages, cheap first touch
     grp, mem, voff = _group_blocks(indptr, val, plen, order, gptr, n_in, min_group, vt)
     usize = conv_union_sizes(indptr, idx, m, tap_k, grp, plen, order, gptr)

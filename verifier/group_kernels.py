@@ -2,10 +2,12 @@
 
 After a convolution every output channel at one position has the same generator ids in the
 same order, and a ReLU keeps that list (scaling it, dropping dead rows, appending one fresh
-generator to a crossing row). `row_groups` finds such rows without knowing the shapes: each
-row is a shared prefix (ids compared exactly, hashing only proposes candidates) and at most
-one tail entry whose id no other row uses. A group's values form a dense block, so a dense
-layer over it is one BLAS product instead of one scattered row update per non-zero.
+generator to a crossing row); after a residual Add such private generators may sit anywhere
+in a row. `row_groups` finds rows sharing ids without knowing the shapes: each row is
+reordered (in a copy, when needed) into its shared ids, in their order, then its private
+ids (used by no other row); rows whose shared parts are equal (ids compared exactly, hashing
+only proposes candidates) form a group. A group's shared values form a dense block, so a
+dense layer over it is one BLAS product instead of one scattered row update per non-zero.
 
 Rounding: every entry of the result is still a sum of at most n_in products w v, now added
 in a different order and grouping (BLAS partial sums, then the scatter); the a-priori bound
@@ -25,17 +27,45 @@ MIN_GROUP = 4  # smaller groups are applied entry by entry: a BLAS call costs mo
 
 
 @njit(cache=True, nogil=True)
-def _prefix_lengths(indptr, idx, m):
-    """Per row, the length of its shared prefix: the row minus a last id no other row uses."""
+def shared_first(indptr, idx, val, m):
+    """(idx, val, plen): the rows with their shared entries first (in order), then the ids
+    no other row uses; plen the number of shared entries per row. A row with one entry
+    counts it as shared. The input arrays are returned when no row needs reordering."""
     n = indptr.shape[0] - 1
     uses = np.zeros(m, dtype=np.int64)
     for q in range(indptr[n]):
         uses[idx[q]] += 1
     plen = np.empty(n, dtype=np.int64)
+    mixed = False
     for r in range(n):
-        ln = indptr[r + 1] - indptr[r]
-        plen[r] = ln - 1 if ln > 1 and uses[idx[indptr[r + 1] - 1]] == 1 else ln
-    return plen
+        a, b = indptr[r], indptr[r + 1]
+        if b - a <= 1:
+            plen[r] = b - a
+            continue
+        cnt = 0
+        private_seen = False
+        for q in range(a, b):
+            if uses[idx[q]] > 1:
+                cnt += 1
+                mixed = mixed or private_seen
+            else:
+                private_seen = True
+        plen[r] = cnt if cnt > 0 else b - a
+    if not mixed:
+        return idx, val, plen
+    idx2 = np.empty_like(idx)
+    val2 = np.empty_like(val)
+    for r in range(n):
+        a, b = indptr[r], indptr[r + 1]
+        p, t = a, a + plen[r]
+        for q in range(a, b):
+            if uses[idx[q]] > 1 or plen[r] == b - a:
+                idx2[p], val2[p] = idx[q], val[q]
+                p += 1
+            else:
+                idx2[t], val2[t] = idx[q], val[q]
+                t += 1
+    return idx2, val2, plen
 
 
 @njit(cache=True, nogil=True)
@@ -50,13 +80,14 @@ def _same_prefix(indptr, idx, plen, a, b):
 
 
 @njit(cache=True, nogil=True)
-def row_groups(indptr, idx, m, min_group=MIN_GROUP):
-    """(plen, order, gptr): rows order[gptr[g]:gptr[g + 1]] share the first plen ids exactly.
+def row_groups(indptr, idx, val, m, min_group=MIN_GROUP):
+    """(idx, val, plen, order, gptr): with the rows reordered by shared_first, the rows
+    order[gptr[g]:gptr[g + 1]] have the same first plen ids (exactly, in the same order).
 
     Empty rows are left out; rows in no group of min_group or more come as groups of one.
     """
     n = indptr.shape[0] - 1
-    plen = _prefix_lengths(indptr, idx, m)
+    idx, val, plen = shared_first(indptr, idx, val, m)
     key = np.empty(n, dtype=np.uint64)
     for r in range(n):  # a candidate key from the length and 9 spread ids: compared exactly later
         h = np.uint64(1469598103934665603) ^ np.uint64(plen[r])
@@ -108,7 +139,7 @@ def row_groups(indptr, idx, m, min_group=MIN_GROUP):
         no += 1
         ng += 1
         gptr[ng] = no
-    return plen, order[:no], gptr[: ng + 1]
+    return idx, val, plen, order[:no], gptr[: ng + 1]
 
 
 @njit(cache=True, nogil=True)
@@ -137,7 +168,7 @@ def grouped_dense_affine(c, indptr, idx, val, beta, rad, m, wt_t, aw, bias, min_
 @njit(cache=True, nogil=True)
 def _grouped_dense_affine(c, indptr, idx, val, beta, rad, m, wt_t, aw, bias, min_group, col, gt):
     n_out = wt_t.shape[1]
-    plen, order, gptr = row_groups(indptr, idx, m, min_group)
+    idx, val, plen, order, gptr = row_groups(indptr, idx, val, m, min_group)
     for g in range(gptr.shape[0] - 1):
         a, b = gptr[g], gptr[g + 1]
         lead = order[a]

@@ -43,7 +43,7 @@ def test_row_groups_share_prefixes_and_leave_tails():
     rows = [[1, 2, 3], [1, 2, 3, 9], [1, 2, 3], [1, 2, 3, 10], [4, 5], [], [4, 6]]
     indptr = np.cumsum([0] + [len(r) for r in rows])
     idx = np.array([j for r in rows for j in r], dtype=np.int64)
-    plen, order, gptr = row_groups(indptr, idx, 11, 2)
+    idx2, _, plen, order, gptr = row_groups(indptr, idx, np.ones(len(idx)), 11, 2)
     groups = [sorted(order[gptr[g]:gptr[g + 1]]) for g in range(len(gptr) - 1)]
     assert [0, 1, 2, 3] in groups
     assert [5] not in groups and sum(len(g) for g in groups) == 6  # the empty row is left out
@@ -59,7 +59,7 @@ def test_grouped_conv_matches_the_entry_by_entry_path(seed):
     grouped_somewhere = False
     for k in (2, 4):  # the second and third convolutions read ReLU outputs
         plan, z = _state_before(net, box, k)
-        _, gptr = row_groups(z.indptr, z.idx, z.m, 4)[1:]
+        gptr = row_groups(z.indptr, z.idx, z.val, z.m, 4)[-1]
         grouped_somewhere |= bool(np.any(np.diff(gptr) >= 4))
         _, _, rad = z.bounds()
         args = (z.c, z.indptr, z.idx, z.val, z.beta, rad, z.m, *plan.steps[k][1])
