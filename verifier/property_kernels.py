@@ -33,44 +33,56 @@ def dense_linear_lower(c, gt, beta, rad, C, d):
 
 
 @njit(cache=True, nogil=True)
-def _split_bounds(c, At, Et, beta):
-    """Sound bounds of c + [A | E] e + delta, A and E stored transposed (kernels.dense_bounds)."""
-    n = c.shape[0]
+def _split_sums(At, Et):
+    """Upper bounds of the row sums of |[A | E]|, A and E stored transposed (as dense_bounds)."""
+    n = At.shape[1]
     m = At.shape[0] + Et.shape[0]
     sums = np.zeros(n)
     col_abs_sums(At, sums)
     col_abs_sums(Et, sums)
     for i in range(n):
         sums[i] = widen_up(sums[i], m)
-    return bounds_from_sums(c, sums, beta)
+    return sums
 
 
 @njit(cache=True, nogil=True)
-def _first_layer(lo, hi, wt, aw, bias):
-    """Dense layer 0 on the input box: At[p] = W[:, S[p]] r[S[p]], one product per entry."""
+def _first_layer(lo, hi, wt, bias):
+    """Dense layer 0 on the input box in one sweep of W: At[p] = W[:, S[p]] r[S[p]] (one
+    product per entry), the centre and error box, and the row sums of |G| of the outputs.
+
+    The same arithmetic, in the same order, as building At, then _affine_centre with beta = 0
+    (so its |W| beta sum is exactly 0), then col_abs_sums and widen_up (_split_sums): the
+    results are bit for bit those of the three separate sweeps, with their soundness.
+    """
     n_in, n_out = wt.shape
-    c = np.empty(n_in)
-    r = np.empty(n_in)
-    rad = np.empty(n_in)
-    cols = np.empty(n_in, dtype=np.int64)
+    At = np.empty((n_in, n_out))
+    out_c = bias.copy()
+    err = np.abs(bias)
+    sums = np.zeros(n_out)
     ns = 0
-    for j in range(n_in):
-        c[j] = 0.5 * (lo[j] + hi[j])
-        rj = max(hi[j] - c[j], c[j] - lo[j])
-        r[j] = 0.0
-        if rj > 0.0:
-            r[j] = np.nextafter(rj, np.inf)
-            cols[ns] = j
+    for k in range(n_in):
+        ck = 0.5 * (lo[k] + hi[k])
+        rk = max(hi[k] - ck, ck - lo[k])
+        if rk > 0.0:
+            rk = np.nextafter(rk, np.inf)
+            for i in range(n_out):
+                v = wt[k, i] * rk
+                At[ns, i] = v
+                sums[i] += abs(v)
             ns += 1
-        rad[j] = widen_up(r[j], 1) * (1.0 + 2.0 * U)
-    At = np.empty((ns, n_out))
-    for p in range(ns):
-        k = cols[p]
-        rp = r[k]
+        else:
+            rk = 0.0
+        vk = abs(ck) + widen_up(rk, 1) * (1.0 + 2.0 * U)  # |c| + rad, rad as kernels' box
         for i in range(n_out):
-            At[p, i] = wt[k, i] * rp
-    out_c, out_beta = _affine_centre(c, np.zeros(n_in), rad, wt, aw, bias)
-    return out_c, At, out_beta
+            w = wt[k, i]
+            out_c[i] += w * ck
+            err[i] += abs(w) * vk
+    g = gamma(n_in + 1)
+    out_beta = np.empty(n_out)
+    for i in range(n_out):
+        out_beta[i] = g * err[i] * (1.0 + 2.0 * g) + (n_in + 1) * TINY
+        sums[i] = widen_up(sums[i], ns)
+    return out_c, At[:ns], out_beta, sums
 
 
 @njit(cache=True, nogil=True)
@@ -161,10 +173,12 @@ def dense_chain_lower(lo, hi, weights, wts, aws, biases, kinds, C, d):
     activations add. kinds[i] is the activation after dense layer i (0 ReLU, 1 sigmoid,
     2 tanh, -1 none); the last dense layer has none (deepzono._prepare_chain).
     """
-    c, At, beta = _first_layer(lo, hi, wts[0], aws[0], biases[0])
+    c, At, beta, sums = _first_layer(lo, hi, wts[0], biases[0])
     Et = np.zeros((0, c.shape[0]))
     for i in range(len(weights)):
-        lw, up, rad = _split_bounds(c, At, Et, beta)
+        if i > 0:
+            sums = _split_sums(At, Et)
+        lw, up, rad = bounds_from_sums(c, sums, beta)
         if i + 1 == len(weights):
             break
         n = c.shape[0]
