@@ -179,8 +179,9 @@ def _split_linear_lower(c, At, Et, beta, rad, C, d):
 
 @njit(cache=True, nogil=True)
 def _lower_from_sums(c, beta, rad, C, d, sums, m):
-    """Lower bounds of C y + d given sums >= the computed sum |fl(C G)| of each row (m
-    generators, before widen_up) for y = c + G e + delta: the module docstring's bound."""
+    """Lower bounds of C y + d for y = c + G e + delta, given the float sums over the m
+    generators of |fl(C G)| per row (widen_up makes them upper bounds): the module
+    docstring's bound."""
     k_out, n = C.shape
     g = gamma(n + 1)
     res = np.empty(k_out)
