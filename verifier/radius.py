@@ -69,7 +69,8 @@ def secant_search(up: float, tol: float, m0: float | None = None) -> Search:
             return 0.0, 1
     probes: dict[int, float] = {0: m0}
     lo, hi = 0, n
-    guess = max(1, min(n - 1, round(n / 16)))
+    # a point not classified `label` (m0 <= 0) has radius 0: one pass at the first grid point
+    guess = max(1, min(n - 1, round(n / 16))) if m0 > 0 else 1
     stalls = 0
     while hi - lo > 1:
         k = min(max(guess, lo + 1), hi - 1)

@@ -67,6 +67,14 @@ def test_margin_at_x_saves_passes_never_radius(fnn, images):
     assert np.mean([r.calls for r in with_m0]) < 4.5
 
 
+def test_a_label_the_network_does_not_predict_costs_one_pass(fnn, images):
+    xs, _ = images
+    x = xs[0]
+    other = (fnn.net.predict(x) + 1) % fnn.net.n_outputs
+    r = radius_result(fnn, x, label=other)
+    assert (r.radius, r.predicted, r.calls) == (0.0, other, 1)
+
+
 def test_radius_is_certified_and_tight_on_the_grid(fnn, images):
     xs, _ = images
     step = 0.256 / 512
