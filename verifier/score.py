@@ -92,8 +92,9 @@ def margin_function(
 def _point_margin(logits: np.ndarray, label: int) -> float:
     """y_label - max_{j != label} y_j of a float forward pass: where the search's model of
     the margin curve starts (it steers the search; it certifies nothing)."""
-    others = np.delete(logits, label)
-    return float(logits[label] - np.max(others)) if others.size else float("inf")
+    ys = logits.tolist()
+    others = ys[:label] + ys[label + 1:]
+    return ys[label] - max(others) if others else float("inf")
 
 
 def radius_result(
