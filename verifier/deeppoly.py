@@ -79,7 +79,7 @@ def _conv(prep: Csr, state: PolyState) -> PolyState:
 def _scale(prep: Csr, state: PolyState) -> PolyState:
     lo, hi = node_bounds(state.box, state.last)
     mag = K.csr_mag(prep.indptr, prep.idx, prep.val, prep.bias, K.magnitude(lo, hi))
-    out_lo, out_hi = R.scalenode_bounds(prep.val, prep.bias, lo, hi)
+    out_lo, out_hi = R.scale_bounds(prep.val, prep.bias, lo, hi)
 
     def back(rows: Rows) -> Rows:
         return K.csr_step(*rows, prep.indptr, prep.idx, prep.val, prep.bias, mag, prep.n_in)

@@ -125,17 +125,32 @@ def _back_chain(box: InputBox, node: Node | None, rows: Rows, settle: bool) -> t
     return first, keep, rows
 
 
-def _back_graph(box: InputBox, node: Node, rows: Rows, settle: bool) -> tuple:
-    """As _back_chain on a graph: nodes deepest first, each node's step applied to the sum of
-    what its readers passed to it; the first concretisation is on the first cut of nodes with
-    known bounds."""
+def _readers(node: Node) -> dict:
+    """How many sets of rows each ancestor of a node receives in back-substitution from it:
+    the number of times the node's ancestors read it."""
+    count: dict = {}
+    stack, seen = [node], {node}
+    while stack:
+        for parent in stack.pop().parents:
+            count[parent] = count.get(parent, 0) + 1
+            if parent is not None and parent not in seen:
+                seen.add(parent)
+                stack.append(parent)
+    return count
+
+
+def _back_graph(box: InputBox, node: Node | None, rows: Rows, settle: bool) -> tuple:
+    """As _back_chain on a graph. A node's step runs once every reader has passed it rows,
+    on their sum; nodes without bounds go first, so that the first concretisation happens on
+    the first cut of the graph whose nodes all have bounds (as the chain's first node)."""
+    if node is None:
+        return None, None, rows
+    need = _readers(node)  # node -> how many readers have yet to pass it rows
     pending: dict = {node: [rows]}  # node -> rows its readers passed to it, not yet summed
     repeats: dict = {}  # node -> whether those rows may name a neuron twice in a block
+    ready = [node]  # nodes that every reader has passed rows to
     first = keep = None
-    while True:
-        top = max(pending, key=_depth)
-        if top is None:
-            break
+    while ready:
         if first is None and all(n is None or n.lower is not None for n in pending):
             first = _cut(box, pending, repeats)
             if settle:
@@ -143,12 +158,16 @@ def _back_graph(box: InputBox, node: Node, rows: Rows, settle: bool) -> tuple:
                 if keep.size == 0:
                     return first, keep, None
                 pending = {n: [_columns(parts[0], keep)] for n, parts in pending.items()}
+        top = next((n for n in ready if n.lower is None), None) or max(ready, key=_depth)
+        ready.remove(top)
         rows, rep = _gather(box, top, pending.pop(top), repeats.pop(top, False))
         out = top.back(rows)
         for parent, part in zip(top.parents, out if top.passes else (out,), strict=True):
             pending.setdefault(parent, []).append(part)
-            if rep and top.passes:
-                repeats[parent] = True
+            repeats[parent] = repeats.get(parent, False) or (rep and top.passes)
+            need[parent] -= 1
+            if parent is not None and not need[parent]:
+                ready.append(parent)
     rows, _ = _gather(box, None, pending[None], repeats.get(None, False))
     return first, keep, rows
 
