@@ -16,6 +16,11 @@ over all x' in the layer's sound bounds, where mag[j] >= sum_k |W[j, k]| max|x'_
 That bound is added to err (rounded up), so the claim holds for the exact reals after every
 step; concretising on a box adds the same kind of bound for its own sums. TINY terms cover
 underflow. The relaxation lines and their `mag` come from verifier.deeppoly_relax.
+
+On a graph, the rows a layer receives from its several readers are parts of one sum:
+join_rows puts them side by side, so a neuron may appear twice in a block. Every step above
+is sound with repeats (each entry is one more of the n terms it counts), and sum_rows adds
+repeats up before a relaxation, which must see a neuron's whole coefficient.
 """
 
 from __future__ import annotations
