@@ -234,9 +234,18 @@ def npos_of(state: PolyState) -> int:
     return 1 if state.last is None else state.last.npos
 
 
-def push(states: tuple[PolyState, ...], back: Callable, size: int, **fields) -> PolyState:
-    """The state after a layer that reads `states` (one, or a join's sources)."""
-    parents = tuple(s.last for s in states)
-    chain = not fields.get("passes") and (parents[0] is None or parents[0].chain)
-    node = Node(back, parents, size, depth=1 + max(map(_depth, parents)), chain=chain, **fields)
+def push(
+    states: tuple[PolyState, ...], back: Callable, size: int, passes: bool = False, **fields
+) -> PolyState:
+    """The state after a layer that reads `states` (one, or a join's sources: passes)."""
+    if not passes:
+        last = states[0].last
+        if last is None:
+            node = Node(back, (None,), size, depth=0, **fields)
+        else:
+            node = Node(back, (last,), size, depth=last.depth + 1, chain=last.chain, **fields)
+    else:
+        parents = tuple(s.last for s in states)
+        node = Node(back, parents, size, depth=1 + max(map(_depth, parents)), chain=False,
+                    passes=True, **fields)
     return PolyState(states[0].box, node)
