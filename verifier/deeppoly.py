@@ -101,7 +101,7 @@ def _dense(prep: DenseRows, state: PolyState) -> PolyState:
 # ----------------------------------------------------------------------------- joins
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=16)
 def _identity(n: int, npos: int) -> tuple[Rows, np.ndarray]:
     """Rows +x and -x of n neurons, one block per position (all its channels, as a
     convolution's own rows), and where neuron j's +x row lands in the flat result."""
