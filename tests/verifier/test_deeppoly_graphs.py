@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from verifier import deeppoly_state
+from verifier import VerifierSettings, certified_radius, deeppoly_state
 from verifier.box import InputBox
 from verifier.deeppoly import DEEPPOLY
 from verifier.deeppoly_kernels import join_rows, sum_rows
@@ -406,3 +406,29 @@ def test_joined_and_summed_rows_keep_their_claim_in_exact_arithmetic(seed):
             (va, ea), (vb, eb) = value(a, x, r), value(b, x, r)
             vs, es = value(summed, x, r)
             assert va - ea + vb - eb >= vs - es
+
+
+def test_pgd_never_beats_the_deeppoly_radius_of_a_residual_net():
+    """The residual LeakyReLU / concat net of test_graph_attack: PGD finds no class change
+    inside the DeepPoly radius, which is at least DeepZono's on average."""
+    torch = pytest.importorskip("torch")
+    from study.adaptive_attacks import TorchNet, pgd
+    from tests.verifier.test_graph_attack import _residual_net
+
+    net = _residual_net(3)
+    tnet = TorchNet(net)
+    xs = np.random.default_rng(4).uniform(size=(6, net.input_size))
+    labels = np.argmax(net.forward(xs), 1)
+    poly = np.array([certified_radius(net, x, VerifierSettings(domain="deeppoly")) for x in xs])
+    zono = np.array([certified_radius(net, x, VerifierSettings(domain="deepzono")) for x in xs])
+    assert np.all(poly > 0) and np.mean(poly) >= np.mean(zono)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for x, y, r in zip(xs, labels, poly, strict=True):
+            adv = pgd(tnet, x[None], np.array([y]), float(r), kappa=10.0, steps=60,
+                      restarts=4)[0]
+            assert InputBox.linf(x, r).contains(adv)
+            assert net.predict(adv) == y, f"adversarial inside the DeepPoly radius {r}"
+    finally:
+        torch.set_num_threads(threads)
