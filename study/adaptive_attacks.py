@@ -23,7 +23,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from verifier.network import Conv, Dense, MaxPool, Network, Relu, Scale, Sigmoid, Tanh
+from verifier.network import (
+    INPUT,
+    Add,
+    Concat,
+    Conv,
+    Dense,
+    LeakyRelu,
+    MaxPool,
+    Network,
+    Relu,
+    Scale,
+    Sigmoid,
+    Tanh,
+)
 
 CACHE_VERSION = 1
 ATTACKS = ("pgd", "radius_aware")
@@ -82,6 +95,12 @@ LAYERS: dict[type, Callable[[Any], tuple[Callable, Callable]]] = {
     Relu: lambda layer: _monotone(torch.relu),
     Sigmoid: lambda layer: _monotone(torch.sigmoid),
     Tanh: lambda layer: _monotone(torch.tanh),
+    LeakyRelu: lambda layer: _monotone(lambda v: F.leaky_relu(v, layer.alpha)),
+    # joins take every source's value, and their (lo, hi) pairs one after another
+    Add: lambda layer: (lambda *vs: sum(vs[1:], vs[0]),
+                        lambda *b: (sum(b[2::2], b[0]), sum(b[3::2], b[1]))),
+    Concat: lambda layer: (lambda *vs: torch.cat(vs, 1),
+                           lambda *b: (torch.cat(b[0::2], 1), torch.cat(b[1::2], 1))),
 }
 
 
@@ -94,20 +113,27 @@ class TorchNet:
         last = net.layers[-1]
         self.last = last if isinstance(last, Dense) else None
 
+    def _walk(self, start: Any, upto: int, step: Callable[[int, list], Any]) -> dict[int, Any]:
+        """Every layer's value before layer `upto`, each from its sources' (net.sources_of)."""
+        outs = {INPUT: start}
+        for i in range(upto):
+            outs[i] = step(i, [outs[j] for j in self.net.sources_of(i)])
+        return outs
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of a batch of flat inputs."""
-        for fwd, _ in self.steps:
-            x = fwd(x)
-        return x
+        n = len(self.steps)
+        return self._walk(x, n, lambda i, ins: self.steps[i][0](*ins))[n - 1] if n else x
 
     def ibp_margins(self, x: torch.Tensor, eps: float, label: torch.Tensor) -> torch.Tensor:
         """Sound lower bounds [B, classes] of z_label - z_j over the clipped eps-ball (IBP; the
         last Dense layer is applied to the differences, which is tighter); +inf at label."""
         lo = (x - eps).clamp(self.net.input_lower, self.net.input_upper)
         hi = (x + eps).clamp(self.net.input_lower, self.net.input_upper)
-        steps = self.steps[:-1] if self.last is not None else self.steps
-        for _, ibp in steps:
-            lo, hi = ibp(lo, hi)
+        n = len(self.steps)
+        outs = self._walk((lo, hi), n - 1 if self.last is not None else n,
+                          lambda i, ins: self.steps[i][1](*(b for pair in ins for b in pair)))
+        lo, hi = outs[self.net.sources_of(n - 1)[0] if self.last is not None else n - 1]
         if self.last is None:
             low = lo.gather(1, label[:, None]) - hi
         else:

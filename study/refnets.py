@@ -8,8 +8,8 @@ CIFAR-10 with ``--data cifar10:DIR`` (the python batches), and exported to ONNX 
     python -m study.refnets --out models/refnets --nets convsmall,convmed --epochs 1
 
 writes ``<out>/<name>.onnx``, ``<out>/refnets.json`` (accuracy, neurons, parameters, ops) and
-``<out>/test_<N>.npz`` (uint8 test images ``x`` [N, 3, 32, 32] and labels ``y``). The ResNets'
-residual Add needs a graph walker: radiusguard's import refuses them until it has one.
+``<out>/test_<N>.npz`` (uint8 test images ``x`` [N, 3, 32, 32] and labels ``y``). The ResNets
+import as graphs (residual Add layers).
 """
 
 from __future__ import annotations

@@ -7,24 +7,48 @@ is the n x m transposed view of a row-major m x n array). Networks that are a ch
 Dense/activation layers take a fused kernel (property_kernels.dense_chain_lower): the walk's
 arithmetic with each activation folded into the next dense layer, in one GIL-free call. Why
 the results are sound in floating point: the docstrings of verifier.kernels,
-verifier.pool_kernels and verifier.property_kernels.
+verifier.pool_kernels, verifier.join_kernels and verifier.property_kernels.
+
+Generator identity on graphs: a zonotope's `blocks` name the runs of its generator ids, each
+(tag, end) with a tag drawn once from `_TAGS` where those generators were made (an input
+box, a ReLU or pool's new generators, a renumbering). Ids keep their meaning through every
+transfer that keeps the numbering, so two branches from one fork hold the same tagged blocks
+for what they share; a join (Add, Concat) lays the operands' blocks out in one numbering, a
+tag both hold once, and adds or stacks the generators there. A block present in one operand
+only is private to it; an untagged run of ids counts as private (sound, only looser).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from verifier import join_kernels as J
 from verifier import kernels as K
 from verifier.box import InputBox
 from verifier.conv_kernels import conv_taps, csr_conv
 from verifier.domain import Domain
-from verifier.network import Conv, Dense, MaxPool, Network, Relu, Scale, Sigmoid, Tanh
+from verifier.network import (
+    Add,
+    Concat,
+    Conv,
+    Dense,
+    LeakyRelu,
+    MaxPool,
+    Network,
+    Relu,
+    Scale,
+    Sigmoid,
+    Tanh,
+)
 from verifier.pool_kernels import csr_maxpool
 from verifier.property_kernels import dense_chain_lower, dense_linear_lower
 
 ACTIVATION_KIND = {Relu: 0, Sigmoid: 1, Tanh: 2}
+_TAGS = itertools.count()  # generator block tags, unique per process
+Blocks = tuple[tuple[int, int], ...]
 
 
 @dataclass
@@ -33,6 +57,7 @@ class Zonotope:
 
     gsum, when the kernel that made a CSR zonotope knew it: an upper bound of the exact sum
     of |generators| of every row, so bounds need not sweep the rows again.
+    blocks: the runs of generator ids as (tag, end id), in order from id 0 (module docstring).
     """
 
     c: np.ndarray
@@ -43,17 +68,22 @@ class Zonotope:
     idx: np.ndarray | None = None
     val: np.ndarray | None = None
     gsum: np.ndarray | None = None
+    blocks: Blocks = ()
+    compact_tag: int | None = field(default=None, repr=False)
 
     @classmethod
     def from_box(cls, box: InputBox) -> Zonotope:
         """One generator per input with non-zero width."""
         c, ptr, idx, val = K.box_to_csr(box.lower, box.upper)
-        return cls(c=c, beta=np.zeros(c.shape[0]), m=c.shape[0], indptr=ptr, idx=idx, val=val)
+        m = c.shape[0]
+        return cls(c=c, beta=np.zeros(m), m=m, indptr=ptr, idx=idx, val=val,
+                   blocks=((next(_TAGS), m),))
 
     @classmethod
-    def of_dense(cls, c: np.ndarray, gt: np.ndarray, beta: np.ndarray) -> Zonotope:
+    def of_dense(cls, c: np.ndarray, gt: np.ndarray, beta: np.ndarray,
+                 blocks: Blocks = ()) -> Zonotope:
         """A dense zonotope from its generator-major matrix gt (m x n)."""
-        return cls(c, beta, gt.shape[0], dense=gt.T)
+        return cls(c, beta, gt.shape[0], dense=gt.T, blocks=blocks)
 
     @property
     def is_dense(self) -> bool:
@@ -78,11 +108,27 @@ class Zonotope:
             return self.gsum
         return K.csr_abs_sums(self.indptr, self.val)
 
+    def grown(self, m: int) -> Blocks:
+        """The blocks of a result that keeps these ids and appends new ones up to m."""
+        return self.blocks if m == self.m else (*self.blocks, (next(_TAGS), m))
+
+    def compacted(self, m: int) -> Blocks:
+        """The blocks of a result holding these generators renumbered by first use in idx
+        (csr_to_dense_affine's numbering, a function of idx alone): these blocks when that
+        keeps every id (an input box), else one block whose tag is the same for every
+        renumbering of this zonotope, so branches that both renumber it still share."""
+        if m == self.m and J.keeps_ids(self.idx, self.m):
+            return self.blocks
+        if self.compact_tag is None:
+            self.compact_tag = next(_TAGS)
+        return ((self.compact_tag, m),)
+
     def to_csr(self) -> Zonotope:
         if not self.is_dense:
             return self
         ptr, idx, val = K.dense_to_csr(np.ascontiguousarray(self.dense))
-        return Zonotope(self.c, self.beta, self.dense.shape[1], indptr=ptr, idx=idx, val=val)
+        return Zonotope(self.c, self.beta, self.dense.shape[1], indptr=ptr, idx=idx, val=val,
+                        blocks=self.blocks)
 
     def to_dense(self) -> Zonotope:
         if self.is_dense:
@@ -93,7 +139,7 @@ class Zonotope:
             self.c, self.indptr, self.idx, self.val, self.beta, np.zeros(n), self.m,
             eye, eye, np.zeros(n),
         )  # the identity layer: every product is exact, so c and beta carry over
-        return Zonotope.of_dense(self.c.copy(), gt, self.beta.copy())
+        return Zonotope.of_dense(self.c.copy(), gt, self.beta.copy(), self.compacted(len(gt)))
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -131,12 +177,10 @@ def _dense(arrays: tuple, z: Zonotope) -> Zonotope:
     w, wt, aw, b = arrays
     if z.is_dense:
         c, gt, beta = K.dense_affine(z.c, z.gt, z.beta, w, wt, aw, b)
-    else:
-        _, _, rad = z.bounds()
-        c, gt, beta = K.csr_to_dense_affine(
-            z.c, z.indptr, z.idx, z.val, z.beta, rad, z.m, wt, aw, b
-        )
-    return Zonotope.of_dense(c, gt, beta)
+        return Zonotope.of_dense(c, gt, beta, z.blocks)
+    _, _, rad = z.bounds()
+    c, gt, beta = K.csr_to_dense_affine(z.c, z.indptr, z.idx, z.val, z.beta, rad, z.m, wt, aw, b)
+    return Zonotope.of_dense(c, gt, beta, z.compacted(gt.shape[0]))
 
 
 def _scale(arrays: tuple, z: Zonotope) -> Zonotope:
@@ -144,24 +188,33 @@ def _scale(arrays: tuple, z: Zonotope) -> Zonotope:
     _, _, rad = z.bounds()
     if z.is_dense:
         c, gt, beta = K.dense_scale(z.c, z.gt, z.beta, rad, a, b)
-        return Zonotope.of_dense(c, gt, beta)
+        return Zonotope.of_dense(c, gt, beta, z.blocks)
     c, val, beta = K.csr_scale(z.c, z.indptr, z.val, z.beta, rad, a, b)
-    return Zonotope(c, beta, z.m, indptr=z.indptr, idx=z.idx, val=val)
+    return Zonotope(c, beta, z.m, indptr=z.indptr, idx=z.idx, val=val, blocks=z.blocks)
+
+
+def _relaxed(z: Zonotope, rad: np.ndarray, lam, mu, nu) -> Zonotope:
+    """y in lam x + mu +/- nu per neuron; each nu >= 0 becomes a new generator."""
+    if z.is_dense:
+        c, gt, beta = K.dense_activation(z.c, z.gt, z.beta, rad, lam, mu, nu)
+        return Zonotope.of_dense(c, gt, beta, z.grown(gt.shape[0]))
+    c, ptr, idx, val, beta, m, gsum = K.csr_activation(
+        z.c, z.indptr, z.idx, z.val, z.beta, rad, z.row_sums(), z.m, lam, mu, nu
+    )
+    return Zonotope(c, beta, m, indptr=ptr, idx=idx, val=val, gsum=gsum, blocks=z.grown(m))
 
 
 def _activation(kind: int):
     def transfer(_layer, z: Zonotope) -> Zonotope:
         lo, hi, rad = z.bounds()
-        lam, mu, nu = K.relaxation(kind, lo, hi)
-        if z.is_dense:
-            c, gt, beta = K.dense_activation(z.c, z.gt, z.beta, rad, lam, mu, nu)
-            return Zonotope.of_dense(c, gt, beta)
-        c, ptr, idx, val, beta, m, gsum = K.csr_activation(
-            z.c, z.indptr, z.idx, z.val, z.beta, rad, z.row_sums(), z.m, lam, mu, nu
-        )
-        return Zonotope(c, beta, m, indptr=ptr, idx=idx, val=val, gsum=gsum)
+        return _relaxed(z, rad, *K.relaxation(kind, lo, hi))
 
     return transfer
+
+
+def _leaky(alpha: float, z: Zonotope) -> Zonotope:
+    lo, hi, rad = z.bounds()
+    return _relaxed(z, rad, *J.leaky_relaxation(alpha, lo, hi))
 
 
 def _conv(arrays: tuple, z: Zonotope) -> Zonotope:
@@ -170,7 +223,7 @@ def _conv(arrays: tuple, z: Zonotope) -> Zonotope:
     c, ptr, idx, val, beta, gsum = csr_conv(
         z.c, z.indptr, z.idx, z.val, z.beta, rad, z.m, *arrays
     )
-    return Zonotope(c, beta, z.m, indptr=ptr, idx=idx, val=val, gsum=gsum)
+    return Zonotope(c, beta, z.m, indptr=ptr, idx=idx, val=val, gsum=gsum, blocks=z.blocks)
 
 
 def _maxpool(arrays: tuple, z: Zonotope) -> Zonotope:
@@ -179,7 +232,96 @@ def _maxpool(arrays: tuple, z: Zonotope) -> Zonotope:
     c, ptr, idx, val, beta, m, gsum = csr_maxpool(
         z.c, z.indptr, z.idx, z.val, z.beta, lo, hi, z.row_sums(), z.m, *arrays
     )
-    return Zonotope(c, beta, m, indptr=ptr, idx=idx, val=val, gsum=gsum)
+    return Zonotope(c, beta, m, indptr=ptr, idx=idx, val=val, gsum=gsum, blocks=z.grown(m))
+
+
+# ----------------------------------------------------------------------------- joins
+
+
+def _align(zs: tuple[Zonotope, ...]) -> tuple[list[np.ndarray | None], int, Blocks]:
+    """One numbering for all operands: the first's blocks, then every block of a later operand
+    whose tag is new, in order. Returns per operand the new id of each of its ids (None when
+    every id keeps its number), the number of ids, and the blocks of that numbering."""
+    place: dict[int, tuple[int, int]] = {}  # tag -> (first new id, size)
+    blocks: list[tuple[int, int]] = []
+    maps = []
+    for z in zs:
+        own = list(z.blocks)
+        start = own[-1][1] if own else 0
+        if start < z.m:  # untagged trailing ids: private to this operand
+            own.append((next(_TAGS), z.m))
+        remap = np.empty(z.m, np.int64)
+        start, same = 0, True
+        for tag, end in own:
+            if tag not in place:
+                place[tag] = (blocks[-1][1] if blocks else 0, end - start)
+                blocks.append((tag, place[tag][0] + end - start))
+            at, size = place[tag]
+            if size != end - start:
+                raise RuntimeError(f"generator block {tag} has sizes {size} and {end - start}")
+            remap[start:end] = np.arange(at, at + size)
+            same = same and at == start
+            start = end
+        maps.append(None if same else remap)
+    return maps, (blocks[-1][1] if blocks else 0), tuple(blocks)
+
+
+def _ids(z: Zonotope, remap: np.ndarray | None) -> np.ndarray:
+    """The generator ids of a CSR zonotope's entries in the common numbering."""
+    return z.idx if remap is None else remap[z.idx]
+
+
+def _embedded(z: Zonotope, remap: np.ndarray | None, gt: np.ndarray, col: int) -> None:
+    """Write z's generators into columns col.. of gt (m x n, zero there) at ids remap[id]."""
+    n = z.c.shape[0]
+    if z.is_dense:
+        gt[slice(z.m) if remap is None else remap, col : col + n] = z.dense.T
+    else:
+        rows = np.repeat(np.arange(n), np.diff(z.indptr))
+        gt[_ids(z, remap), col + rows] = z.val
+
+
+def _add(_layer, *zs: Zonotope) -> Zonotope:
+    """The sum of the operands, generator by generator in their common numbering."""
+    maps, m, blocks = _align(zs)
+    if any(z.is_dense for z in zs):
+        gts = []
+        for z, remap in zip(zs, maps, strict=True):
+            gts.append(np.zeros((m, z.c.shape[0])))
+            _embedded(z, remap, gts[-1], 0)
+        c, gt, beta = zs[0].c, gts[0], zs[0].beta
+        for z, other in zip(zs[1:], gts[1:], strict=True):
+            c, gt, beta = J.dense_add(c, gt, beta, z.c, other, z.beta)
+        return Zonotope.of_dense(c, gt, beta, blocks)
+    z = zs[0]
+    c, ptr, idx, val, beta, gsum = z.c, z.indptr, _ids(z, maps[0]), z.val, z.beta, z.row_sums()
+    for z, remap in zip(zs[1:], maps[1:], strict=True):
+        c, ptr, idx, val, beta, gsum = J.csr_add(
+            c, ptr, idx, val, beta, gsum, z.c, z.indptr, _ids(z, remap), z.val, z.beta,
+            z.row_sums(), m,
+        )
+    return Zonotope(c, beta, m, indptr=ptr, idx=idx, val=val, gsum=gsum, blocks=blocks)
+
+
+def _concat(_layer, *zs: Zonotope) -> Zonotope:
+    """The operands' neurons stacked, in their common numbering (exact: values are copied)."""
+    maps, m, blocks = _align(zs)
+    c = np.concatenate([z.c for z in zs])
+    beta = np.concatenate([z.beta for z in zs])
+    if any(z.is_dense for z in zs):
+        gt = np.zeros((m, c.shape[0]))
+        col = 0
+        for z, remap in zip(zs, maps, strict=True):
+            _embedded(z, remap, gt, col)
+            col += z.c.shape[0]
+        return Zonotope.of_dense(c, gt, beta, blocks)
+    offsets = np.cumsum([0] + [z.indptr[-1] for z in zs[:-1]])
+    ptr = np.concatenate([[0]] + [z.indptr[1:] + o for z, o in zip(zs, offsets, strict=True)])
+    idx = np.concatenate([_ids(z, remap) for z, remap in zip(zs, maps, strict=True)])
+    val = np.concatenate([z.val for z in zs])
+    gsum = np.concatenate([z.row_sums() for z in zs])
+    return Zonotope(c, beta, m, indptr=ptr.astype(np.int64), idx=idx, val=val, gsum=gsum,
+                    blocks=blocks)
 
 
 # ----------------------------------------------------------------------------- property
@@ -224,12 +366,15 @@ DEEPZONO = Domain(
     name="deepzono",
     start=Zonotope.from_box,
     prepare={Dense: _prepare_dense, Conv: _prepare_conv, MaxPool: _prepare_pool,
-             Scale: _prepare_scale},
+             Scale: _prepare_scale, LeakyRelu: lambda layer: float(layer.alpha)},
     transfers={
         Dense: _dense,
         Conv: _conv,
         MaxPool: _maxpool,
         Scale: _scale,
+        LeakyRelu: _leaky,
+        Add: _add,
+        Concat: _concat,
         **{kind: _activation(code) for kind, code in ACTIVATION_KIND.items()},
     },
     linear_lower=_linear_lower,

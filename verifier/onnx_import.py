@@ -7,9 +7,13 @@ the next Conv's padding or becomes a 1x1 identity Conv, a Transpose is a permuta
 into the next Dense layer's columns, per-channel normalisation is a Scale folded into the next
 affine layer, and a final Softmax/LogSoftmax is dropped (it keeps the order of the logits, so
 the argmax margins are taken before it; ``Network.meta["dropped_output_op"]`` records it),
-and Clip (ReLU6) is a chain of Scale and Relu layers. Shape (of the current tensor, whose
-shape is known) and every op whose inputs are all constants are evaluated at import.
+and Clip (ReLU6) is a chain of Scale and Relu layers. Shape (of a data tensor, whose shape
+is known) and every op whose inputs are all constants are evaluated at import.
 Tensors between layers are flattened in C order of the tracked shape (channel, row, column).
+
+Models may be DAGs: every live tensor is tracked by name, and Add/Sum/Sub/Concat of data
+tensors become join layers (verifier.onnx_graph, which also decides where folding is safe).
+A model that is a chain gives a chain Network (`sources == ()`).
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ import onnx
 from onnx import numpy_helper
 
 from verifier.network import (
+    INPUT,
     Conv,
     Dense,
     Layer,
+    LeakyRelu,
     Network,
     Relu,
     Scale,
@@ -31,15 +37,12 @@ from verifier.network import (
     Tanh,
     UnsupportedModelError,
 )
+from verifier.onnx_graph import ALIASES, JOINS, JoinOps, Tensor, fold, graph_sources, readers
 from verifier.onnx_spatial import SpatialOps, attr
-
-# Largest flat size for which a Transpose that no Dense layer absorbs becomes a Dense layer.
-MAX_PERMUTATION_DENSE = 4096
-_NEEDS_GRAPH = ("Add", "Sub", "Mul", "Div", "Concat", "Sum", "Max", "Min")
 
 
 def from_onnx_model(model: onnx.ModelProto) -> Network:
-    """Convert an in-memory ONNX model (a single-input chain) into a Network."""
+    """Convert an in-memory ONNX model (one data input, a chain or a DAG) into a Network."""
     graph = model.graph
     raw: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     consts: dict[str, np.ndarray] = {k: v.astype(np.float64) for k, v in raw.items()}
@@ -51,12 +54,20 @@ def from_onnx_model(model: onnx.ModelProto) -> Network:
         dims = dims[1:]  # batch dimension (symbolic or 1)
     if not dims or any(d <= 0 for d in dims):
         raise UnsupportedModelError(f"input shape {dims} must be fully known")
-    builder = _Builder(tuple(int(d) for d in dims))
-    current = inputs[0].name
+    output = graph.output[0].name
+    builder = _Builder(tuple(int(d) for d in dims),
+                       readers(graph.node, inputs[0].name, output))
+    tensors = {inputs[0].name: builder.state()}
     for node in graph.node:
         data_inputs = [i for i in node.input if i and i not in consts]
-        if node.op_type == "Shape" and data_inputs == [current]:
-            values = [_shape_of(node, builder.shape)]
+        unknown = [i for i in data_inputs if i not in tensors]
+        if unknown:
+            raise UnsupportedModelError(
+                f"node {node.name!r} ({node.op_type}) reads {unknown[0]!r}, which no earlier "
+                "node computes"
+            )
+        if node.op_type == "Shape" and len(data_inputs) == 1:
+            values = [_shape_of(node, tensors[data_inputs[0]].shape)]
         elif not data_inputs and not node.op_type.startswith("Random"):
             # constants and shape arithmetic on them: evaluated here
             values = _evaluate(node, raw)
@@ -67,25 +78,30 @@ def from_onnx_model(model: onnx.ModelProto) -> Network:
                 raw[name] = np.asarray(value)
                 consts[name] = raw[name].astype(np.float64)
             continue
-        if len(data_inputs) > 1 and node.op_type in _NEEDS_GRAPH:
+        if not data_inputs:
             raise UnsupportedModelError(
-                f"op {node.op_type} (node {node.name!r}) combines {len(data_inputs)} tensors; "
-                "residual Add and Concat need a graph walker, only chains are supported"
+                f"op {node.op_type} (node {node.name!r}) reads no data tensor and is not a "
+                "constant"
             )
-        if data_inputs != [current]:
-            raise UnsupportedModelError(
-                f"node {node.name!r} ({node.op_type}) does not continue a single chain; "
-                "only feed-forward chains are supported"
-            )
-        builder.add(node, consts)
-        current = node.output[0]
-    if current != graph.output[0].name:
-        raise UnsupportedModelError("graph output is not the end of the layer chain")
+        if len(data_inputs) > 1 or node.op_type in JOINS:
+            builder.join(node, [tensors[i] for i in data_inputs], consts)
+        else:
+            builder.load(tensors[data_inputs[0]])
+            builder.add(node, consts)
+        tensors[node.output[0]] = builder.state()
+    if output not in tensors:
+        raise UnsupportedModelError(f"graph output {output!r} is not computed from the input")
+    builder.load(tensors[output])
     builder.flush_permutation(None)
-    layers = _fold(builder.layers)
+    if builder.src != len(builder.layers) - 1:
+        raise UnsupportedModelError(
+            f"graph output {output!r} is not computed by the last layer (unused branches "
+            "are not supported)"
+        )
+    layers, sources = fold(builder.layers, builder.sources)
     meta = {"dropped_output_op": builder.dropped} if builder.dropped else {}
     return Network(layers=tuple(layers), input_shape=builder.input_shape,
-                   n_outputs=builder.size, meta=meta)
+                   n_outputs=builder.size, meta=meta, sources=graph_sources(sources))
 
 
 def _shape_of(node: onnx.NodeProto, shape: tuple[int, ...]) -> np.ndarray:
@@ -108,20 +124,30 @@ def _evaluate(node: onnx.NodeProto, raw: dict[str, np.ndarray]) -> list[np.ndarr
         ) from None
 
 
-class _Builder(SpatialOps):
-    """Turns ONNX nodes into layers while tracking the shape of the current tensor (no batch).
+class _Builder(SpatialOps, JoinOps):
+    """Turns ONNX nodes into layers, each reading the tensor (or, for a join, the tensors) the
+    node reads: `load` makes a tensor current (its shape, layer `src`, pending state), the op
+    handlers extend it, `state` records the result.
 
     A Transpose is kept pending as an index array (`perm`: new flat i holds old flat perm[i])
-    through ops that commute with it, and absorbed by the next Dense layer.
+    through ops that commute with it, and absorbed by the next Dense layer. A handler may fold
+    its arithmetic into the layer it reads (`_last`) only when no other node reads that layer.
     """
 
-    def __init__(self, input_shape: tuple[int, ...]):
+    def __init__(self, input_shape: tuple[int, ...], readers: dict[str, int]):
         self.input_shape = input_shape
-        self.shape: tuple[int, ...] = input_shape
+        self.readers = readers  # per tensor name, from _readers
         self.layers: list[Layer] = []
-        self.perm: np.ndarray | None = None
-        self.pad_layer: Conv | None = None  # the identity Conv a Pad just appended
+        self.sources: list[tuple[int, ...]] = []
         self.dropped: str | None = None  # a final Softmax/LogSoftmax
+        self.load(Tensor(input_shape, INPUT))
+
+    def load(self, tensor: Tensor) -> None:
+        self.shape, self.src, self.sole = tensor.shape, tensor.layer, tensor.sole
+        self.perm, self.pad_layer = tensor.perm, tensor.pad_layer
+
+    def state(self) -> Tensor:
+        return Tensor(self.shape, self.src, self.perm, self.pad_layer, self.sole)
 
     @property
     def size(self) -> int:
@@ -129,11 +155,7 @@ class _Builder(SpatialOps):
 
     def add(self, node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> None:
         op = node.op_type
-        if self.dropped is not None:
-            raise UnsupportedModelError(
-                f"{self.dropped} is supported only as the last op; node {node.name!r} ({op}) "
-                "follows it"
-            )
+        self._check_open(node)
         handler = getattr(self, f"_op_{op}", None)
         if handler is None:
             raise UnsupportedModelError(
@@ -142,28 +164,35 @@ class _Builder(SpatialOps):
             )
         if op not in _COMMUTES_WITH_PERMUTATION:
             self.flush_permutation(node)
+        src, sole = self.src, self.sole
         handler(node, [consts.get(i) for i in node.input])
+        if op not in ALIASES:  # the output is the layer's value: its readers are the layer's
+            self.sole = (sole or self.src != src) and self.readers.get(node.output[0], 0) <= 1
 
-    def append(self, layer: Layer) -> None:
+    def _check_open(self, node: onnx.NodeProto) -> None:
+        if self.dropped is not None:
+            raise UnsupportedModelError(
+                f"{self.dropped} is supported only as the last op; node {node.name!r} "
+                f"({node.op_type}) follows it"
+            )
+
+    def append(self, layer: Layer, sources: tuple[int, ...] | None = None) -> None:
+        """Add a layer reading the current tensor (or `sources`); it becomes current."""
         self.layers.append(layer)
+        self.sources.append((self.src,) if sources is None else sources)
+        self.src = len(self.layers) - 1
+        self.sole = True  # read by the rest of this node only, until add() says otherwise
         self.pad_layer = None
 
-    def flush_permutation(self, node: onnx.NodeProto | None) -> None:
-        """Materialise a pending Transpose as a Dense permutation layer (small tensors only)."""
-        if self.perm is None or np.array_equal(self.perm, np.arange(self.perm.size)):
-            self.perm = None
-            return
-        n = self.perm.size
-        if n > MAX_PERMUTATION_DENSE:
-            where = f"before node {node.name!r} ({node.op_type})" if node else "at the output"
-            raise UnsupportedModelError(
-                f"a Transpose of {n} values {where} is not followed by a Dense layer that can "
-                f"absorb it (only up to {MAX_PERMUTATION_DENSE} values become a Dense layer)"
-            )
-        w = np.zeros((n, n))
-        w[np.arange(n), self.perm] = 1.0
-        self.perm = None
-        self.append(Dense(w, np.zeros(n)))
+    def _own(self) -> Layer | None:
+        """The layer computing the current tensor when this node is its only reader, so the
+        node's arithmetic may be folded into it (`replace`)."""
+        return None if self.src == INPUT or not self.sole else self.layers[self.src]
+
+    def replace(self, layer: Layer) -> None:
+        """Put a layer in place of the current one (_own), reading the same sources."""
+        self.layers[self.src] = layer
+        self.pad_layer = None
 
     # ------------------------------------------------------------------ affine layers
 
@@ -198,15 +227,19 @@ class _Builder(SpatialOps):
         c, h, w = self._spatial(node)
         stride, pads, oh, ow = self._geometry(node, kernel, (h, w))
         pad = self.pad_layer
-        if pad is not None and self.layers and self.layers[-1] is pad:
-            self.layers.pop()  # fold a preceding zero Pad into this Conv's padding
+        fold = pad is not None and self._own() is pad
+        if fold:  # a preceding zero Pad becomes this Conv's padding
             c, h, w = pad.in_shape
             pads = tuple(int(a + b) for a, b in zip(pads, pad.pads, strict=True))
             oh = (h + pads[0] + pads[2] - kernel[0]) // stride[0] + 1
             ow = (w + pads[1] + pads[3] - kernel[1]) // stride[1] + 1
         oc = weight.shape[0]
-        self.append(Conv(np.ascontiguousarray(weight), np.asarray(bias, np.float64).copy(),
-                         (c, h, w), (oc, oh, ow), stride, pads, group_note))
+        layer = Conv(np.ascontiguousarray(weight), np.asarray(bias, np.float64).copy(),
+                     (c, h, w), (oc, oh, ow), stride, pads, group_note)
+        if fold:
+            self.replace(layer)
+        else:
+            self.append(layer)
         self.shape = (oc, oh, ow)
 
     def _op_Conv(self, node, args):
@@ -260,10 +293,10 @@ class _Builder(SpatialOps):
 
     def _op_Add(self, node, args):
         c = self._const_operand(node, args)
-        last = self.layers[-1] if self.layers else None
+        last = self._own()
         if isinstance(last, Dense) and last.bias.size == self.size:
             bias = last.bias + np.broadcast_to(c, self.shape).reshape(-1)
-            self.layers[-1] = Dense(last.weight, bias)
+            self.replace(Dense(last.weight, bias))
             return
         self._elementwise(node, 1.0, c)
 
@@ -289,13 +322,13 @@ class _Builder(SpatialOps):
             )
         reps = self.size // self.shape[0]
         a_full, b_full = np.repeat(a, reps), np.repeat(b, reps)
-        last = self.layers[-1] if self.layers else None
+        last = self._own()
         if isinstance(last, Conv) and last is not self.pad_layer and last.out_shape == self.shape:
-            self.layers[-1] = replace(
+            self.replace(replace(
                 last, weight=last.weight * a[:, None, None, None], bias=last.bias * a + b
-            )
+            ))
         elif isinstance(last, Dense):
-            self.layers[-1] = Dense(last.weight * a_full[:, None], last.bias * a_full + b_full)
+            self.replace(Dense(last.weight * a_full[:, None], last.bias * a_full + b_full))
         else:
             self.append(Scale(a_full, b_full))
 
@@ -307,6 +340,14 @@ class _Builder(SpatialOps):
 
     def _op_Tanh(self, node, args):
         self.append(Tanh())
+
+    def _op_LeakyRelu(self, node, args):
+        alpha = float(attr(node, "alpha", np.float32(0.01)))  # a float32 attribute
+        if not 0.0 <= alpha < 1.0:
+            raise UnsupportedModelError(
+                f"LeakyRelu {node.name!r}: alpha {alpha} is outside [0, 1)"
+            )
+        self.append(LeakyRelu(alpha))
 
     def _op_Clip(self, node, args):
         """max(x, lo) = relu(x - lo) + lo and min(t, hi) = hi - relu(hi - t): a chain of
@@ -348,43 +389,6 @@ class _Builder(SpatialOps):
 # Ops through which a pending permutation stays pending (elementwise with no constants, or
 # shape-only ops that keep the flat order).
 _COMMUTES_WITH_PERMUTATION = {
-    "Relu", "Sigmoid", "Tanh", "Identity", "Dropout", "Flatten", "Reshape", "Squeeze",
+    "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Identity", "Dropout", "Flatten", "Reshape", "Squeeze",
     "Unsqueeze", "Transpose", "Gemm", "MatMul",
 }
-
-
-def _fold(layers: list[Layer]) -> list[Layer]:
-    """Fold Scale layers into a neighbouring Dense layer (or a following unpadded Conv when the
-    Scale is constant per channel), and merge consecutive Scales."""
-    out: list[Layer] = []
-    for layer in layers:
-        prev = out[-1] if out else None
-        if isinstance(layer, Scale) and isinstance(prev, Scale):
-            out[-1] = Scale(prev.a * layer.a, prev.b * layer.a + layer.b)
-        elif isinstance(layer, Dense) and isinstance(prev, Scale):
-            out[-1] = Dense(layer.weight * prev.a[None, :], layer.weight @ prev.b + layer.bias)
-        elif isinstance(layer, Scale) and isinstance(prev, Dense):
-            out[-1] = Dense(prev.weight * layer.a[:, None], prev.bias * layer.a + layer.b)
-        elif isinstance(layer, Conv) and isinstance(prev, Scale) and _per_channel(prev, layer):
-            out[-1] = _scale_into_conv(prev, layer)
-        else:
-            out.append(layer)
-    return out
-
-
-def _per_channel(scale: Scale, conv: Conv) -> bool:
-    """Whether a Scale is constant over each channel and the Conv has no padding (padding
-    would see zeros after the Scale, not the Scale of zeros)."""
-    if any(conv.pads):
-        return False
-    c = conv.in_shape[0]
-    a, b = scale.a.reshape(c, -1), scale.b.reshape(c, -1)
-    return bool(np.all(a == a[:, :1]) and np.all(b == b[:, :1]))
-
-
-def _scale_into_conv(scale: Scale, conv: Conv) -> Conv:
-    c = conv.in_shape[0]
-    a, b = scale.a.reshape(c, -1)[:, 0], scale.b.reshape(c, -1)[:, 0]
-    weight = conv.weight * a[None, :, None, None]
-    bias = conv.bias + np.einsum("oikl,i->o", conv.weight, b)
-    return replace(conv, weight=weight, bias=bias)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from verifier.network import Conv, MaxPool, Scale, UnsupportedModelError, apply_layer
+from verifier.network import Conv, Dense, MaxPool, Scale, UnsupportedModelError, apply_layer
+
+# Largest flat size for which a Transpose that no Dense layer absorbs becomes a Dense layer.
+MAX_PERMUTATION_DENSE = 4096
 
 
 def attr(node: onnx.NodeProto, name: str, default):
@@ -57,7 +60,7 @@ class SpatialOps:
         self._conv(node, weight, np.zeros(c), kernel, c)
         if exclude:
             ones = Conv(np.ones((1, 1, kh, kw)), np.zeros(1), (1, h, w), (1, oh, ow),
-                        self.layers[-1].stride, pads)
+                        self.layers[self.src].stride, pads)
             counts = apply_layer(ones, np.ones(h * w))
             self.append(Scale(np.tile(1.0 / counts, c), np.zeros(c * oh * ow)))
 
@@ -116,6 +119,23 @@ class SpatialOps:
         oh = (h + pt + pb - kernel[0]) // stride[0] + 1
         ow = (w + pl + pr - kernel[1]) // stride[1] + 1
         return (int(stride[0]), int(stride[1])), (int(pt), int(pl), int(pb), int(pr)), oh, ow
+
+    def flush_permutation(self, node: onnx.NodeProto | None) -> None:
+        """Materialise a pending Transpose as a Dense permutation layer (small tensors only)."""
+        if self.perm is None or np.array_equal(self.perm, np.arange(self.perm.size)):
+            self.perm = None
+            return
+        n = self.perm.size
+        if n > MAX_PERMUTATION_DENSE:
+            where = f"before node {node.name!r} ({node.op_type})" if node else "at the output"
+            raise UnsupportedModelError(
+                f"a Transpose of {n} values {where} is not followed by a Dense layer that can "
+                f"absorb it (only up to {MAX_PERMUTATION_DENSE} values become a Dense layer)"
+            )
+        w = np.zeros((n, n))
+        w[np.arange(n), self.perm] = 1.0
+        self.perm = None
+        self.append(Dense(w, np.zeros(n)))
 
     # ------------------------------------------------------------------ shapes
 

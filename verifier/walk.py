@@ -67,7 +67,7 @@ def analyse(plan: Plan, box: InputBox) -> Any:
         outs[i] = transfer(prepared, *(outs[j] for j in plan.sources[i]))
         for j in plan.sources[i]:
             if j != INPUT and plan.last_use[j] == i:
-                del outs[j]
+                outs.pop(j, None)  # a join may read one layer twice
     return outs[len(plan.steps) - 1]
 
 

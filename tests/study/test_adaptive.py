@@ -147,3 +147,34 @@ def test_candidate_signals_are_reported(quick: Path) -> None:
             if name != "rule":
                 assert float(value) == pytest.approx(float(judged[name][f"rejected_{policy}"]),
                                                      abs=1e-3), (rule, name)
+
+
+def test_deeppoly_signals_are_reported(quick: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "study.adaptive_poly", "--quick", "--out",
+                           str(quick), "--network", "fnn-3x30-relu", "--cost", "2"],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "median thread CPU ms per input: r_zono" in proc.stdout
+    rows = _rows(quick / "signals_poly_fnn-3x30-relu.csv")
+    rules = [r["rule"] for r in rows]
+    assert rules[:2] == ["r_zono (threshold)", "margin, r_zono (consistency, shipped)"]
+    assert rules[-1] == "n" and len(rules) == 18
+    held = "valid 0..79 (held-out)"
+    judged = {("valid 0..79 (held-out)" if r["attack"] == "valid (held-out)" else r["attack"]): r
+              for r in _rows(quick / "rejection.csv") if r["network"] == "fnn-3x30-relu"}
+    sizes = rows[-1]
+    for name in set(sizes) - {"rule", "calibration"}:
+        assert int(sizes[name]) == int(judged[name]["n"]), name
+    for r in rows[:-1]:
+        assert set(r) - {"rule", "calibration"} <= set(judged)
+        assert all(0.0 <= float(v) <= 1.0 for k, v in r.items() if k != "rule")
+        # every rule is fitted to the calibration inputs alone at the 3 % target
+        assert float(r["calibration"]) <= 0.03, r["rule"]
+        assert float(r[held]) <= 0.15, r["rule"]
+    for rule, policy in (("r_zono (threshold)", "threshold"),
+                         ("margin, r_zono (consistency, shipped)", "consistency")):
+        row = next(r for r in rows if r["rule"] == rule)
+        for name, value in row.items():
+            if name not in ("rule", "calibration"):
+                assert float(value) == pytest.approx(float(judged[name][f"rejected_{policy}"]),
+                                                     abs=1e-3), (rule, name)

@@ -1,4 +1,4 @@
-"""Reference networks: the plain ones import and match onnxruntime; ResNets name what they need."""
+"""Reference networks: the plain ones and the ResNets (graphs) import and match torch."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ from study.data import MnistData, mnist_colour  # noqa: E402
 from study.nets import parse_net_name  # noqa: E402
 from study.refnets import NETS, neurons  # noqa: E402
 from study.train import export_onnx  # noqa: E402
-from verifier.network import Conv, UnsupportedModelError, load_onnx  # noqa: E402
+from verifier.network import Add, Conv, load_onnx  # noqa: E402
 
 
 def _export(name, tmp_path):
@@ -36,10 +36,13 @@ def test_plain_reference_nets_import_and_match_torch(name, tmp_path):
         assert isinstance(net.layers[0], Conv)
 
 
-def test_resnets_are_refused_naming_the_residual_add(tmp_path):
-    _, path, _ = _export("resnet2b", tmp_path)
-    with pytest.raises(UnsupportedModelError, match=r"op Add \(node .*graph walker"):
-        load_onnx(path)
+def test_resnets_import_as_graphs_and_match_torch(tmp_path):
+    model, path, x = _export("resnet2b", tmp_path)
+    net = load_onnx(path)
+    assert not net.is_chain and sum(isinstance(v, Add) for v in net.layers) == 2
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(net.forward(x), want, rtol=1e-4, atol=1e-4)
 
 
 def test_sizes_and_names():

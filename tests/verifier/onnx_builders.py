@@ -78,3 +78,18 @@ def with_op(op_type: str) -> onnx.ModelProto:
         helper.make_node(op_type, ["f"], ["logits"]),
     ]
     return _model(nodes, {}, (4,), 4)
+
+
+def model(nodes, inits, in_shape, out_size, opset=13) -> onnx.ModelProto:
+    """Like _model, but integer constants (pads, shapes, axes) stay int64."""
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *in_shape])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", out_size])],
+        [numpy_helper.from_array(v.astype(np.int64 if v.dtype.kind == "i" else np.float32), k)
+         for k, v in ((k, np.asarray(v)) for k, v in inits.items())],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    onnx.checker.check_model(m)
+    return m
