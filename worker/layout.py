@@ -73,8 +73,7 @@ def describe(model_shape: tuple[int, ...]) -> str:
     """The shapes an input may have, for error messages."""
     shape = list(model_shape)
     if ambiguous(model_shape):
-        return (f"flat [{math.prod(shape)}] values in C order (as {shape} it would read as "
-                "channels last too)")
+        return f"flat [{math.prod(shape)}] in C order ({shape} would read as channels last too)"
     if len(shape) == 3 and shape[0] > 1:
         return f"{shape} or channels last {[shape[1], shape[2], shape[0]]}"
     return str(shape)
