@@ -57,7 +57,7 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class InferRequest:
-    """A checked infer request: xs is float64 [N, input_size] in [0, 1]."""
+    """A checked infer request: xs is float64 [N, input_size] in [0, 1], in the model's C order."""
 
     xs: np.ndarray
     id: str | None = None
