@@ -255,7 +255,7 @@ def load_onnx(path: str | Path) -> Network:
 
 
 def from_onnx_model(model: onnx.ModelProto) -> Network:
-    """Convert an in-memory ONNX model (a single-input chain) into a Network."""
+    """Convert an in-memory ONNX model (one data input; a chain or a graph) into a Network."""
     from verifier.onnx_import import from_onnx_model as convert
 
     return convert(model)
