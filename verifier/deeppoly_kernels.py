@@ -16,6 +16,11 @@ over all x' in the layer's sound bounds, where mag[j] >= sum_k |W[j, k]| max|x'_
 That bound is added to err (rounded up), so the claim holds for the exact reals after every
 step; concretising on a box adds the same kind of bound for its own sums. TINY terms cover
 underflow. The relaxation lines and their `mag` come from verifier.deeppoly_relax.
+
+On a graph, the rows a layer receives from its several readers are parts of one sum:
+join_rows puts them side by side, so a neuron may appear twice in a block. Every step above
+is sound with repeats (each entry is one more of the n terms it counts), and sum_rows adds
+repeats up before a relaxation, which must see a neuron's whole coefficient.
 """
 
 from __future__ import annotations
@@ -312,3 +317,84 @@ def concretise(bptr, sup, T, c, err, lo, hi):
             tot = _add_err(err[b, r], g, widen_up(ee[r], n))
             out[b, r] = acc[r] - tot - (abs(acc[r]) + tot) * 2.0 * U - TINY
     return out
+
+
+# ----------------------------------------------------------------------------- graphs
+
+
+@njit(cache=True, nogil=True)
+def join_rows(bptr, sup, T, c, err, bptr2, sup2, T2, c2, err2):
+    """The sum of two sets of rows over one layer, with the same blocks and row count (the
+    contributions of two paths of a graph): each block's entries side by side, so a neuron
+    may appear twice (every step treats entries one by one or sums them, soundly either way).
+
+    Only the constants are added: |fl(c + c2) - (c + c2)| <= U |c + c2| <= 2 U |fl(c + c2)|,
+    which goes into err with the two errs; the factor (1 + 8U) rounds those three operations
+    up, TINY covers underflow.
+    """
+    nb = bptr.shape[0] - 1
+    k = T.shape[1]
+    out_ptr = bptr + bptr2
+    out_sup = np.empty(out_ptr[nb], dtype=np.int64)
+    out_T = np.empty((out_ptr[nb], k))
+    for b in range(nb):
+        p, m = out_ptr[b], bptr[b + 1] - bptr[b]
+        out_sup[p : p + m] = sup[bptr[b] : bptr[b + 1]]
+        out_T[p : p + m] = T[bptr[b] : bptr[b + 1]]
+        p += m
+        m = bptr2[b + 1] - bptr2[b]
+        out_sup[p : p + m] = sup2[bptr2[b] : bptr2[b + 1]]
+        out_T[p : p + m] = T2[bptr2[b] : bptr2[b + 1]]
+    out_c = c + c2
+    out_err = (err + err2 + 2.0 * U * np.abs(out_c)) * (1.0 + 8.0 * U) + TINY
+    return out_ptr, out_sup, out_T, out_c, out_err
+
+
+@njit(cache=True, nogil=True)
+def sum_rows(bptr, sup, T, c, err, mag):
+    """One entry per neuron and block, its coefficient the float sum of the repeated ones, as
+    a relaxation needs (it picks a neuron's line by the sign of the whole coefficient).
+
+    Each neuron's sum of m <= n entries (n: the block's) is within gamma(n) sum |t| of the
+    exact one, and |x_j| <= mag[j], so err grows by gamma(n) sum_s |T[s]| mag[sup[s]],
+    itself a float sum of n products (widen_up) added with _add_err.
+    """
+    nb = bptr.shape[0] - 1
+    k = T.shape[1]
+    mark = np.full(mag.shape[0], -1, dtype=np.int64)
+    out_ptr = np.empty(nb + 1, dtype=np.int64)
+    out_ptr[0] = 0
+    for b in range(nb):
+        cnt = 0
+        for s in range(bptr[b], bptr[b + 1]):
+            if mark[sup[s]] != b:
+                mark[sup[s]] = b
+                cnt += 1
+        out_ptr[b + 1] = out_ptr[b] + cnt
+    out_sup = np.empty(out_ptr[nb], dtype=np.int64)
+    out_T = np.zeros((out_ptr[nb], k))
+    out_err = np.empty((nb, k))
+    slot = np.empty(mag.shape[0], dtype=np.int64)
+    mark[:] = -1
+    ee = np.empty(k)
+    for b in range(nb):
+        nu = out_ptr[b]
+        ee[:] = 0.0
+        for s in range(bptr[b], bptr[b + 1]):
+            j = sup[s]
+            if mark[j] != b:
+                mark[j] = b
+                slot[j] = nu
+                out_sup[nu] = j
+                nu += 1
+            row = out_T[slot[j]]
+            ts = T[s]
+            mj = mag[j]
+            for r in range(k):
+                row[r] += ts[r]
+                ee[r] += abs(ts[r]) * mj
+        n = bptr[b + 1] - bptr[b]
+        g = gamma(n)
+        for r in range(k):
+            out_err[b, r] = _add_err(err[b, r], g, widen_up(ee[r], n))
+    return out_ptr, out_sup, out_T, c.copy(), out_err

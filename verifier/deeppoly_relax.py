@@ -65,6 +65,43 @@ def relu_relax(lo, hi):
 
 
 @njit(cache=True, nogil=True)
+def leaky_relax(alpha, lo, hi):
+    """max(x, alpha x) on [lo, hi], 0 <= alpha < 1: exact (slope alpha or 1) when stable; else
+    the chord from (lo, alpha lo) to (hi, hi) above and, by the area heuristic, y >= x when
+    hi >= -lo, else y >= alpha x (both hold for every x). Same return values as relu_relax.
+
+    The chord's float slope s is clipped to [alpha, 1]; f(x) - s x is convex, so its maximum
+    on [lo, hi] is max((alpha - s) lo, (1 - s) hi), two non-negative values of two rounded
+    operations each, which the offset rounds up. alpha lo and alpha hi, single products, are
+    rounded outward by one ulp (nextafter) for the output bounds.
+    """
+    n = lo.shape[0]
+    ls = np.empty(n)
+    lf = np.zeros(n)
+    us = np.empty(n)
+    uf = np.zeros(n)
+    out_lo = np.empty(n)
+    out_hi = np.empty(n)
+    for j in range(n):
+        lw, up = lo[j], hi[j]
+        if lw >= 0.0:
+            ls[j] = us[j] = 1.0
+            out_lo[j], out_hi[j] = lw, up
+            continue
+        out_lo[j] = np.nextafter(alpha * lw, -np.inf)
+        if up <= 0.0:
+            ls[j] = us[j] = alpha
+            out_hi[j] = np.nextafter(alpha * up, np.inf)
+            continue
+        out_hi[j] = up
+        s = min(max((up - alpha * lw) / (up - lw), alpha), 1.0)
+        us[j] = s
+        uf[j] = max((alpha - s) * lw, (1.0 - s) * up) * (1.0 + 4.0 * U) + TINY
+        ls[j] = 1.0 if up >= -lw else alpha
+    return ls, lf, us, uf, out_lo, out_hi, _relax_mag(ls, lf, us, uf, lo, hi)
+
+
+@njit(cache=True, nogil=True)
 def _f(kind, x):
     """sigmoid (kind 1) or tanh (kind 2), within F_ERR of the exact value."""
     if kind == 1:

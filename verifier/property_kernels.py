@@ -20,6 +20,7 @@ from verifier.kernels import (
     bounds_from_sums,
     col_abs_sums,
     gamma,
+    next_up,
     relaxation,
     widen_up,
 )
@@ -33,44 +34,114 @@ def dense_linear_lower(c, gt, beta, rad, C, d):
 
 
 @njit(cache=True, nogil=True)
-def _split_bounds(c, At, Et, beta):
-    """Sound bounds of c + [A | E] e + delta, A and E stored transposed (kernels.dense_bounds)."""
-    n = c.shape[0]
+def _split_sums(At, Et):
+    """Upper bounds of the row sums of |[A | E]|, A and E stored transposed (as dense_bounds)."""
+    n = At.shape[1]
     m = At.shape[0] + Et.shape[0]
     sums = np.zeros(n)
     col_abs_sums(At, sums)
     col_abs_sums(Et, sums)
     for i in range(n):
         sums[i] = widen_up(sums[i], m)
-    return bounds_from_sums(c, sums, beta)
+    return sums
 
 
 @njit(cache=True, nogil=True)
-def _first_layer(lo, hi, wt, aw, bias):
-    """Dense layer 0 on the input box: At[p] = W[:, S[p]] r[S[p]], one product per entry."""
+def _first_layer(lo, hi, wt, bias):
+    """Dense layer 0 on the input box in one sweep of W: At[p] = W[:, S[p]] r[S[p]] (one
+    product per entry), the centre and error box, and the row sums of |G| of the outputs.
+
+    The same arithmetic, in the same order, as building At, then _affine_centre with beta = 0
+    (so its |W| beta sum is exactly 0), then col_abs_sums and widen_up (_split_sums): the
+    results are bit for bit those of the three separate sweeps, with their soundness.
+    """
     n_in, n_out = wt.shape
+    At = np.empty((n_in, n_out))
+    out_c = bias.copy()
+    err = np.abs(bias)
+    sums = np.zeros(n_out)
     c = np.empty(n_in)
     r = np.empty(n_in)
-    rad = np.empty(n_in)
-    cols = np.empty(n_in, dtype=np.int64)
+    for k in range(n_in):
+        c[k] = 0.5 * (lo[k] + hi[k])
+        r[k] = max(hi[k] - c[k], c[k] - lo[k])
+    next_up(r)  # r >= 0: the half-widths rounded up; zero widths are reset below
     ns = 0
-    for j in range(n_in):
-        c[j] = 0.5 * (lo[j] + hi[j])
-        rj = max(hi[j] - c[j], c[j] - lo[j])
-        r[j] = 0.0
-        if rj > 0.0:
-            r[j] = np.nextafter(rj, np.inf)
-            cols[ns] = j
+    for k in range(n_in):
+        ck = c[k]
+        rk = r[k]
+        if hi[k] - ck > 0.0 or ck - lo[k] > 0.0:
+            for i in range(n_out):
+                v = wt[k, i] * rk
+                At[ns, i] = v
+                sums[i] += abs(v)
             ns += 1
-        rad[j] = widen_up(r[j], 1) * (1.0 + 2.0 * U)
-    At = np.empty((ns, n_out))
-    for p in range(ns):
-        k = cols[p]
-        rp = r[k]
+        else:
+            rk = 0.0
+        vk = abs(ck) + widen_up(rk, 1) * (1.0 + 2.0 * U)  # |c| + rad, rad as kernels' box
         for i in range(n_out):
-            At[p, i] = wt[k, i] * rp
-    out_c, out_beta = _affine_centre(c, np.zeros(n_in), rad, wt, aw, bias)
-    return out_c, At, out_beta
+            w = wt[k, i]
+            out_c[i] += w * ck
+            err[i] += abs(w) * vk
+    g = gamma(n_in + 1)
+    out_beta = np.empty(n_out)
+    for i in range(n_out):
+        out_beta[i] = g * err[i] * (1.0 + 2.0 * g) + (n_in + 1) * TINY
+        sums[i] = widen_up(sums[i], ns)
+    return out_c, At[:ns], out_beta, sums
+
+
+@njit(cache=True, nogil=True)
+def _relax(c, beta, rad, lam, mu, nu):
+    """Centre, error box and radius bound rad' (>= lam rad + nu + beta') of the relaxation
+    (lam, mu, nu) of a zonotope with row-sum bounds rad, and its crossing neurons (nu >= 0).
+    The centre and error box are kernels.dense_activation's."""
+    n = c.shape[0]
+    c1 = np.empty(n)
+    beta1 = np.empty(n)
+    rad1 = np.empty(n)
+    cross = np.empty(n, dtype=np.int64)
+    nc = 0
+    g2 = 2.0 * gamma(2)
+    for k in range(n):
+        s = lam[k]
+        c1[k] = s * c[k] + mu[k]
+        err = s * (abs(c[k]) + rad[k]) + abs(mu[k])
+        beta1[k] = (s * beta[k] + g2 * err) * (1.0 + 2.0 * U) + TINY
+        top = s * rad[k] + beta1[k]
+        if nu[k] >= 0.0:
+            top += nu[k]
+            cross[nc] = k
+            nc += 1
+        rad1[k] = top * (1.0 + 4.0 * U) + TINY
+    return c1, beta1, rad1, cross[:nc]
+
+
+@njit(cache=True, nogil=True)
+def _relaxed_products(At, Et, wt, lam, nu, cross):
+    """Generators of W z for z the relaxation: fl(W diag(lam)) [A | E] and W[:, k] nu_k for
+    the crossing neurons, transposed (the rounding is _fused_dense's)."""
+    n, n_out = wt.shape
+    me = Et.shape[0]
+    nc = cross.shape[0]
+    wlt = np.empty((n, n_out))
+    for k in range(n):
+        s = lam[k]
+        for i in range(n_out):
+            wlt[k, i] = wt[k, i] * s
+    At1 = np.dot(At, wlt)
+    Et1 = np.zeros((me + nc, n_out))
+    for j in range(me):
+        for k in range(n):
+            v = Et[j, k]
+            if v != 0.0:
+                for i in range(n_out):
+                    Et1[j, i] += v * wlt[k, i]
+    for t in range(nc):
+        k = cross[t]
+        for i in range(n_out):
+            Et1[me + t, i] = wt[k, i] * nu[k]
+    return At1, Et1
 
 
 @njit(cache=True, nogil=True)
@@ -87,40 +158,8 @@ def _fused_dense(c, At, Et, beta, rad, lam, mu, nu, wt, aw, bias):
     centre's rounding. The activation's centre and error box are kernels.dense_activation's.
     Generator blocks are stored transposed (generator-major), which suits BLAS best here.
     """
-    n, n_out = wt.shape
-    me = Et.shape[0]
-    c1 = np.empty(n)
-    beta1 = np.empty(n)
-    rad1 = np.empty(n)
-    cross = np.empty(n, dtype=np.int64)
-    nc = 0
-    g2 = 2.0 * gamma(2)
-    wlt = np.empty((n, n_out))
-    for k in range(n):
-        s = lam[k]
-        c1[k] = s * c[k] + mu[k]
-        err = s * (abs(c[k]) + rad[k]) + abs(mu[k])
-        beta1[k] = (s * beta[k] + g2 * err) * (1.0 + 2.0 * U) + TINY
-        top = s * rad[k] + beta1[k]
-        if nu[k] >= 0.0:
-            top += nu[k]
-            cross[nc] = k
-            nc += 1
-        rad1[k] = top * (1.0 + 4.0 * U) + TINY
-        for i in range(n_out):
-            wlt[k, i] = wt[k, i] * s
-    At1 = np.dot(At, wlt)
-    Et1 = np.zeros((me + nc, n_out))
-    for j in range(me):
-        for k in range(n):
-            v = Et[j, k]
-            if v != 0.0:
-                for i in range(n_out):
-                    Et1[j, i] += v * wlt[k, i]
-    for t in range(nc):
-        k = cross[t]
-        for i in range(n_out):
-            Et1[me + t, i] = wt[k, i] * nu[k]
+    c1, beta1, rad1, cross = _relax(c, beta, rad, lam, mu, nu)
+    At1, Et1 = _relaxed_products(At, Et, wt, lam, nu, cross)
     out_c, out_beta = _affine_centre(c1, beta1, rad1, wt, aw, bias, 1)
     return out_c, At1, Et1, out_beta
 
@@ -135,6 +174,15 @@ def _split_linear_lower(c, At, Et, beta, rad, C, d):
     col_abs_sums(np.dot(At, ct), sums)
     if Et.shape[0] > 0:
         col_abs_sums(np.dot(Et, ct), sums)
+    return _lower_from_sums(c, beta, rad, C, d, sums, m)
+
+
+@njit(cache=True, nogil=True)
+def _lower_from_sums(c, beta, rad, C, d, sums, m):
+    """Lower bounds of C y + d for y = c + G e + delta, given the float sums over the m
+    generators of |fl(C G)| per row (widen_up makes them upper bounds): the module
+    docstring's bound."""
+    k_out, n = C.shape
     g = gamma(n + 1)
     res = np.empty(k_out)
     for i in range(k_out):
@@ -152,27 +200,85 @@ def _split_linear_lower(c, At, Et, beta, rad, C, d):
 
 
 @njit(cache=True, nogil=True)
+def _last_dense_lower(c, At, Et, beta, rad, lam, mu, nu, wt, bias, C, d):
+    """The last dense layer and the property in one product: lower bounds of C (W z + b) + d
+    for z the relaxation (lam, mu, nu) of the zonotope c + [A | E] e + delta, |delta| <= beta.
+
+    Qf = fl(C W) and qf = fl(C b + d) are formed first: |Qf - C W| <= gamma(n_out) |C| |W| =: EQ
+    and |qf - (C b + d)| <= gamma(n_out + 1) (|C| |b| + |d|) =: eq, so C (W z + b) + d >=
+    Qf z + qf - EQ (|c'| + rad') - eq, with c' and rad' >= sum |z - c'| bounds of z (_relax).
+    The lower bound of Qf z + qf is _split_linear_lower's on z with C = Qf, its generators
+    taken as fl(fl(Qf diag(lam)) [A | E]) and fl(Qf[:, k] nu_k) like _fused_dense's: the one
+    extra rounding of Qf lam gives (U + gamma(n)(1 + U)) |Qf| rad' <= gamma(n + 1) |Qf| rad',
+    which is the gamma that bound already charges. EQ (|c'| + rad') and eq are summed in
+    float from upper bounds of |C| |W| (widen_up) and widened again, each by more than its
+    own rounding; the final subtraction is rounded down like the rest of the module.
+    """
+    n, n_out = wt.shape
+    k_out = C.shape[0]
+    c1, beta1, rad1, cross = _relax(c, beta, rad, lam, mu, nu)
+    Q = np.zeros((k_out, n))
+    q = np.empty(k_out)
+    extra = np.empty(k_out)
+    for i in range(k_out):
+        qi = d[i]
+        qabs = abs(d[i])
+        for o in range(n_out):
+            qi += C[i, o] * bias[o]
+            qabs += abs(C[i, o]) * abs(bias[o])
+        q[i] = qi
+        e = 0.0
+        for k in range(n):
+            qik = 0.0
+            aik = 0.0
+            for o in range(n_out):
+                qik += C[i, o] * wt[k, o]
+                aik += abs(C[i, o]) * abs(wt[k, o])
+            Q[i, k] = qik
+            e += widen_up(aik, n_out) * (abs(c1[k]) + rad1[k])
+        eq = gamma(n_out + 1) * widen_up(qabs, n_out + 1)
+        extra[i] = (gamma(n_out) * widen_up(e, n + 2) + eq) * (1.0 + 4.0 * U) + TINY
+    gens_a, gens_e = _relaxed_products(At, Et, np.ascontiguousarray(Q.T), lam, nu, cross)
+    sums = np.zeros(k_out)
+    col_abs_sums(gens_a, sums)
+    col_abs_sums(gens_e, sums)
+    m = gens_a.shape[0] + gens_e.shape[0]
+    res = _lower_from_sums(c1, beta1, rad1, Q, q, sums, m)
+    for i in range(k_out):
+        t = res[i]
+        res[i] = t - extra[i] - (abs(t) + extra[i]) * 2.0 * U - TINY
+    return res
+
+
+@njit(cache=True, nogil=True)
 def dense_chain_lower(lo, hi, weights, wts, aws, biases, kinds, C, d):
     """A whole pass through Dense (activation) ... Dense layers, then C y + d, in one call.
 
     The walk's arithmetic, with each activation folded into the next dense layer
-    (_fused_dense) so the generator matrix is written once and read twice per layer. The
+    (_fused_dense) so the generator matrix is written once and read twice per layer, and the
+    last dense layer folded into the property (_last_dense_lower, one product fewer). The
     generators are kept as two column blocks: A for the input's, E for those the
     activations add. kinds[i] is the activation after dense layer i (0 ReLU, 1 sigmoid,
     2 tanh, -1 none); the last dense layer has none (deepzono._prepare_chain).
     """
-    c, At, beta = _first_layer(lo, hi, wts[0], aws[0], biases[0])
+    c, At, beta, sums = _first_layer(lo, hi, wts[0], biases[0])
     Et = np.zeros((0, c.shape[0]))
-    for i in range(len(weights)):
-        lw, up, rad = _split_bounds(c, At, Et, beta)
-        if i + 1 == len(weights):
-            break
+    last = len(weights) - 1
+    for i in range(last + 1):
+        if i > 0:
+            sums = _split_sums(At, Et)
+        lw, up, rad = bounds_from_sums(c, sums, beta)
+        if i == last:
+            return _split_linear_lower(c, At, Et, beta, rad, C, d)  # a single dense layer
         n = c.shape[0]
         if kinds[i] >= 0:
             lam, mu, nu = relaxation(kinds[i], lw, up)
         else:
             lam, mu, nu = np.ones(n), np.zeros(n), np.full(n, -1.0)
+        if i + 1 == last:
+            return _last_dense_lower(c, At, Et, beta, rad, lam, mu, nu, wts[last], biases[last],
+                                     C, d)
         c, At, Et, beta = _fused_dense(
             c, At, Et, beta, rad, lam, mu, nu, wts[i + 1], aws[i + 1], biases[i + 1]
         )
-    return _split_linear_lower(c, At, Et, beta, rad, C, d)
+    return np.empty(0)  # not reached: the loop returns at the last layer

@@ -6,6 +6,10 @@ and returns the largest grid point it proved robust; it needs fewer passes and, 
 robustness is monotone in eps (the usual case), its answer is at least the bisection's. Both
 only return eps values at which a full pass of the domain proved robustness.
 
+The secant search may be given the network's margin at x itself (m0, from a plain forward
+pass): it then starts its model of the margin curve from that point instead of a pass at
+eps 0. m0 only steers which grid points are probed, never what is returned.
+
 Searches are generators: each yields the eps it wants probed and receives the certified
 margin there, so `score_many` can advance many inputs' searches in lockstep and evaluate
 every round's probes as one batch.
@@ -33,8 +37,11 @@ def grid_size(up: float, tol: float) -> int:
     return n
 
 
-def bisect_search(up: float, tol: float) -> Search:
-    """Algorithm 1 on the integer grid (same midpoints); returns (low, probes)."""
+def bisect_search(up: float, tol: float, m0: float | None = None) -> Search:
+    """Algorithm 1 on the integer grid (same midpoints); returns (low, probes).
+
+    m0 (the margin at x) is not used: Algorithm 1 probes midpoints only.
+    """
     n = grid_size(up, tol)
     low, high, calls = 0, n, 0
     while high - low > 1:
@@ -47,29 +54,45 @@ def bisect_search(up: float, tol: float) -> Search:
     return up * low / n, calls
 
 
-def secant_search(up: float, tol: float) -> Search:
-    """Margin-guided search on bisection's grid; returns (largest robust grid point, probes)."""
+def secant_search(up: float, tol: float, m0: float | None = None) -> Search:
+    """Margin-guided search on bisection's grid; returns (largest robust grid point, probes).
+
+    m0, the margin at x estimated by a forward pass, replaces the probe at eps 0 (which
+    bisection never makes either): the search then needs one pass fewer.
+    """
     n = grid_size(up, tol)  # grid points 0..n; n (= up) is never tested, as in bisection
-    probes: dict[int, float] = {0: (yield 0.0)}
-    if probes[0] <= 0:
-        return 0.0, 1
+    passes = 0
+    if m0 is None:
+        m0 = yield 0.0
+        passes = 1
+        if m0 <= 0:
+            return 0.0, 1
+    probes: dict[int, float] = {0: m0}
     lo, hi = 0, n
-    guess = max(1, min(n - 1, round(n / 16)))
+    # a point not classified `label` (m0 <= 0) has radius 0: one pass at the first grid point
+    guess = max(1, min(n - 1, round(n / 16))) if m0 > 0 else 1
     stalls = 0
     while hi - lo > 1:
         k = min(max(guess, lo + 1), hi - 1)
+        first = len(probes) == 1
         probes[k] = yield up * k / n
+        passes += 1
         width = hi - lo
         if probes[k] > 0:
             lo = k
         else:
             hi = k
         stalls = stalls + 1 if (hi - lo) * 2 > width else 0
-        guess = (lo + hi) // 2 if stalls >= 3 else _model_guess(probes, lo, hi)
-    return up * lo / n, len(probes)
+        if stalls >= 3:
+            guess = (lo + hi) // 2
+        elif first and 0 < m0 and probes[k] < m0:
+            guess = _power_guess(m0, k, probes[k], lo)
+        else:
+            guess = _model_guess(probes, lo, hi)
+    return up * lo / n, passes
 
 
-SEARCH_FUNCTIONS: dict[str, Callable[[float, float], Search]] = {
+SEARCH_FUNCTIONS: dict[str, Callable[[float, float, float | None], Search]] = {
     "bisect": bisect_search,
     "secant": secant_search,
 }
@@ -93,6 +116,22 @@ def bisect(margin: Callable[[float], float], up: float, tol: float) -> tuple[flo
 def secant(margin: Callable[[float], float], up: float, tol: float) -> tuple[float, int]:
     """The secant search with a margin function: returns (radius, calls)."""
     return run_search(secant_search(up, tol), margin)
+
+
+POWER = 1.6  # the margin curve's typical shape near the root: m0 (1 - (k / K)^1.6)
+
+
+def _power_guess(m0: float, k: int, mk: float, lo: int) -> int:
+    """The grid point below the root K of m0 (1 - (k / K)^POWER) through the first probe.
+
+    The certified margin of the reference networks falls from m0 like eps^1.3..eps^2 up to
+    its root (more steeply than the line through (0, m0), less than a parabola with its
+    vertex at 0), so this guess is usually within a few grid steps; from the second probe on
+    the search fits the probes themselves (_model_guess).
+    """
+    root = k / (1.0 - mk / m0) ** (1.0 / POWER)
+    g = math.floor(root)
+    return g if g > lo else lo + 1
 
 
 def _model_guess(probes: dict[int, float], lo: int, hi: int) -> int:

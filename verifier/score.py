@@ -8,7 +8,7 @@ input's search advances in lockstep, one batch of passes per round.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -16,6 +16,7 @@ import numpy as np
 
 from verifier.box import InputBox
 from verifier.domains import get_domain
+from verifier.kernels import linf_box
 from verifier.network import Network
 from verifier.radius import SEARCH_FUNCTIONS, run_search
 from verifier.runtime import single_threaded
@@ -63,9 +64,37 @@ def certified_margin(
     plan: Plan, x: np.ndarray, eps: float, label: int, settings: VerifierSettings = DEFAULT
 ) -> float:
     """The smallest certified lower bound of y_label - y_j over the ball; > 0 is robust."""
+    return margin_function(plan, x, label, settings)(eps)
+
+
+def margin_function(
+    plan: Plan, x: np.ndarray, label: int, settings: VerifierSettings = DEFAULT
+) -> Callable[[float], float]:
+    """eps -> certified_margin(plan, x, eps, label, settings), with everything that does not
+    depend on eps (the property's matrix, the input range) made once for a whole search."""
     n = plan.net.n_outputs
     C = margin_matrix(n, label)
-    return float(np.min(linear_lower(plan, input_box(plan, x, eps, settings), C, np.zeros(n - 1))))
+    d = np.zeros(n - 1)
+    x = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
+    lo = plan.net.input_lower if settings.input_lower is None else settings.input_lower
+    hi = plan.net.input_upper if settings.input_upper is None else settings.input_upper
+    lo, hi = float(lo), float(hi)
+
+    def margin(eps: float) -> float:
+        if not eps >= 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        box = InputBox(*linf_box(x, float(eps), lo, hi))  # as InputBox.linf
+        return float(np.min(linear_lower(plan, box, C, d)))
+
+    return margin
+
+
+def _point_margin(logits: np.ndarray, label: int) -> float:
+    """y_label - max_{j != label} y_j of a float forward pass: where the search's model of
+    the margin curve starts (it steers the search; it certifies nothing)."""
+    ys = logits.tolist()
+    others = ys[:label] + ys[label + 1:]
+    return ys[label] - max(others) if others else float("inf")
 
 
 def radius_result(
@@ -77,12 +106,13 @@ def radius_result(
     """The certified radius of one input (label defaults to the predicted class)."""
     plan = plan_for(net, settings)
     x = np.asarray(x, dtype=np.float64).reshape(-1)
-    label = plan.net.predict(x) if label is None else int(label)
-    search = SEARCH_FUNCTIONS[settings.search](settings.up, settings.tol)
+    logits = np.asarray(plan.net.forward(x), dtype=np.float64).reshape(-1)
+    label = int(np.argmax(logits)) if label is None else int(label)
+    search = SEARCH_FUNCTIONS[settings.search](
+        settings.up, settings.tol, _point_margin(logits, label)
+    )
     with single_threaded():
-        radius, calls = run_search(
-            search, lambda eps: certified_margin(plan, x, eps, label, settings)
-        )
+        radius, calls = run_search(search, margin_function(plan, x, label, settings))
     return RadiusResult(radius, label, calls)
 
 
@@ -94,18 +124,16 @@ def certified_radius(
     return radius_result(net, x, settings, label).radius
 
 
-def _score_group(plan: Plan, xs: list[np.ndarray], labels: list[int],
+def _score_group(plan: Plan, xs: list[np.ndarray], labels: list[int], m0s: list[float],
                  settings: VerifierSettings) -> list[RadiusResult]:
     """Every input's search in lockstep: one round probes the next eps of each open search."""
-    searches = [SEARCH_FUNCTIONS[settings.search](settings.up, settings.tol) for _ in xs]
+    searches = [SEARCH_FUNCTIONS[settings.search](settings.up, settings.tol, m0) for m0 in m0s]
+    fns = [margin_function(plan, x, label, settings) for x, label in zip(xs, labels, strict=True)]
     pending = {i: next(s) for i, s in enumerate(searches)}
     results: list[RadiusResult | None] = [None] * len(xs)
     with single_threaded():
         while pending:
-            margins = {
-                i: certified_margin(plan, xs[i], eps, labels[i], settings)
-                for i, eps in pending.items()
-            }
+            margins = {i: fns[i](eps) for i, eps in pending.items()}
             for i, m in margins.items():
                 try:
                     pending[i] = searches[i].send(m)
@@ -127,14 +155,17 @@ def score_many(
     xs = [np.asarray(x, dtype=np.float64).reshape(-1) for x in inputs]
     if not xs:
         return []
-    labels = [int(v) for v in np.argmax(np.atleast_2d(plan.net.forward(np.stack(xs))), axis=1)]
+    logits = np.atleast_2d(plan.net.forward(np.stack(xs)))
+    labels = [int(v) for v in np.argmax(logits, axis=1)]
+    m0s = [_point_margin(y, label) for y, label in zip(logits, labels, strict=True)]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(xs)))
     if jobs == 1:
-        return _score_group(plan, xs, labels, settings)
+        return _score_group(plan, xs, labels, m0s, settings)
     parts = [list(range(k, len(xs), jobs)) for k in range(jobs)]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         def group(idx: list[int]) -> list[RadiusResult]:
-            return _score_group(plan, [xs[i] for i in idx], [labels[i] for i in idx], settings)
+            return _score_group(plan, [xs[i] for i in idx], [labels[i] for i in idx],
+                                [m0s[i] for i in idx], settings)
 
         done = pool.map(group, parts)
         out: list[RadiusResult | None] = [None] * len(xs)

@@ -51,7 +51,7 @@ def score_inputs(
     profile = load_profile(profile_path)
     net = load_onnx(model)
     check_model(profile, net)
-    xs = load_inputs(inputs, net.input_size)
+    xs = load_inputs(inputs, net.input_shape)  # checks the layout; channels last is transposed
     validator = make_validator(profile, policy)  # checks the name and the profile's parameters
     znet = plan_for(net, profile.verifier)
     v = profile.verifier

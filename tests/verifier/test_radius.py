@@ -7,7 +7,8 @@ import pytest
 
 from verifier import VerifierSettings, is_robust, plan_for, radius_result, score_many
 from verifier.network import load_onnx
-from verifier.radius import bisect, grid_size, secant
+from verifier.radius import bisect, grid_size, run_search, secant, secant_search
+from verifier.score import certified_margin
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
@@ -34,8 +35,11 @@ def test_searches_on_a_known_margin(root):
     margin = lambda eps: (root - eps) * (1 + 40 * eps)  # noqa: E731  (decreasing, concave-ish)
     low_b, calls_b = bisect(margin, 0.256, 0.001)
     low_s, calls_s = secant(margin, 0.256, 0.001)
+    low_m, calls_m = run_search(secant_search(0.256, 0.001, margin(0.0)), margin)
     step = 0.256 / 512
-    assert low_b == low_s
+    assert low_b == low_s == low_m
+    if root > 0:  # the margin at x replaces the pass at eps 0, the probes are the same
+        assert calls_m == calls_s - 1
     assert low_b <= root and (root >= 0.256 - step or low_b + step >= root)
     assert calls_b == 9
 
@@ -48,6 +52,27 @@ def test_secant_at_least_bisect_with_fewer_passes(fnn, images):
         b.append(radius_result(fnn, x, VerifierSettings(search="bisect")))
     assert all(a.radius >= c.radius for a, c in zip(s, b, strict=True))
     assert np.mean([r.calls for r in s]) < np.mean([r.calls for r in b])
+
+
+def test_margin_at_x_saves_passes_never_radius(fnn, images):
+    xs, _ = images
+    with_m0 = score_many(fnn, xs[:40], jobs=1)
+    plain = []
+    for x in xs[:40]:
+        label = fnn.net.predict(x)
+        margin = lambda eps, x=x, label=label: certified_margin(fnn, x, eps, label)  # noqa: E731
+        plain.append(run_search(secant_search(0.256, 0.001), margin))
+    assert [r.radius for r in with_m0] == [r for r, _ in plain]
+    assert np.mean([r.calls for r in with_m0]) <= np.mean([c for _, c in plain]) - 1
+    assert np.mean([r.calls for r in with_m0]) < 4.5
+
+
+def test_a_label_the_network_does_not_predict_costs_one_pass(fnn, images):
+    xs, _ = images
+    x = xs[0]
+    other = (fnn.net.predict(x) + 1) % fnn.net.n_outputs
+    r = radius_result(fnn, x, label=other)
+    assert (r.radius, r.predicted, r.calls) == (0.0, other, 1)
 
 
 def test_radius_is_certified_and_tight_on_the_grid(fnn, images):

@@ -27,6 +27,19 @@ def test_grey_and_flat_models_take_any_fitting_shape():
     assert layout_of((28, 28), (784,)) == AS_IS
 
 
+def test_a_model_whose_layouts_coincide_takes_flat_inputs_only(tmp_path):
+    """[3, 3, 3] reads both as [C, H, W] and as channels last: refused, not guessed."""
+    assert layout_of((3, 3, 3), (3, 3, 3)) is None and layout_of((1, 3, 3, 3), (3, 3, 3)) is None
+    assert layout_of((27,), (3, 3, 3)) == AS_IS and layout_of((1, 27), (3, 3, 3)) == AS_IS
+    x = np.arange(54, dtype=np.uint8).reshape(2, 3, 3, 3)
+    np.save(tmp_path / "cube.npy", x)
+    with pytest.raises(InputFileError, match=r"flat \[27\] in C order"):
+        load_inputs(tmp_path / "cube.npy", (3, 3, 3))
+    np.save(tmp_path / "flat.npy", x.reshape(2, 27))
+    np.testing.assert_array_equal(load_inputs(tmp_path / "flat.npy", (3, 3, 3)),
+                                  x.reshape(2, 27) / 255.0)
+
+
 def _nchw(n=4, seed=0):
     return np.random.default_rng(seed).integers(0, 256, size=(n, *SHAPE), dtype=np.uint8)
 

@@ -2,7 +2,9 @@
 
 Pure functions, no server: `parse_infer` turns a decoded JSON request into float64 inputs in
 [0, 1] (uint8 pixels scaled by 1/255, as the Kafka codec does) or raises `RequestError` with
-a one-line reason; `infer_response` and `model_metadata` build the answers.
+a one-line reason; `infer_response` and `model_metadata` build the answers. The tensor is
+[N, ...] with items in the model's layout, channels last ([N, H, W, C] for a [C, H, W] model,
+transposed here) or flat, as the codec takes them (worker.layout).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from worker.formats.codec import DEFAULT_STREAM
+from worker.layout import describe, layout_of, shapes, to_model_layout
 from worker.policy import POLICIES
 
 __all__ = [
@@ -54,7 +57,7 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class InferRequest:
-    """A checked infer request: xs is float64 [N, input_size] in [0, 1]."""
+    """A checked infer request: xs is float64 [N, input_size] in [0, 1], in the model's C order."""
 
     xs: np.ndarray
     id: str | None = None
@@ -75,8 +78,8 @@ class Outcome:
     reason: str = ""
 
 
-def parse_infer(body: Any, input_size: int, max_batch: int) -> InferRequest:
-    """Check a decoded infer request against the model's input size; RequestError if wrong."""
+def parse_infer(body: Any, input_shape: tuple[int, ...], max_batch: int) -> InferRequest:
+    """Check a decoded infer request against the model's input shape; RequestError if wrong."""
     if not isinstance(body, dict):
         raise RequestError(f"the request must be a JSON object, got {_kind(body)}")
     inputs = body.get("inputs")
@@ -90,7 +93,7 @@ def parse_infer(body: Any, input_size: int, max_batch: int) -> InferRequest:
     name = tensor.get("name", "input")
     if not isinstance(name, str):
         raise RequestError("inputs[0].name must be a string")
-    xs = _tensor(tensor, input_size, max_batch)
+    xs = _tensor(tensor, tuple(input_shape), max_batch)
     params = _parameters(body.get("parameters"), "parameters")
     policy = params.get("policy")
     if policy is not None and policy not in POLICIES:
@@ -105,16 +108,22 @@ def parse_infer(body: Any, input_size: int, max_batch: int) -> InferRequest:
     return InferRequest(xs, rid, policy, stream, _outputs(body.get("outputs")), name)
 
 
-def _tensor(tensor: dict, input_size: int, max_batch: int) -> np.ndarray:
-    """The input tensor's data as float64 [N, input_size], checked."""
+def _tensor(tensor: dict, input_shape: tuple[int, ...], max_batch: int) -> np.ndarray:
+    """The input tensor's data as float64 [N, input_size] in the model's layout, checked."""
     shape = tensor.get("shape")
     if (not isinstance(shape, list) or len(shape) < 2
             or not all(type(d) is int and d >= 1 for d in shape)):
         raise RequestError(f"inputs[0].shape must be [N, ...] of integers >= 1, got {shape!r:.80}")
-    n, item = shape[0], math.prod(shape[1:])
+    n, item, input_size = shape[0], math.prod(shape[1:]), math.prod(input_shape)
     if item != input_size:
+        hint = (f" (the first axis is the batch: send [1, {', '.join(map(str, shape))}])"
+                if math.prod(shape) == input_size else "")
         raise RequestError(f"inputs[0].shape {shape}: items have {item} values, the model "
-                           f"expects {input_size}")
+                           f"expects {input_size}{hint}")
+    layout = layout_of(tuple(shape[1:]), input_shape)
+    if layout is None:
+        raise RequestError(f"inputs[0].shape {shape}: items of shape {shape[1:]} do not fit the "
+                           f"model; it takes {describe(input_shape)}")
     if n > max_batch:
         raise RequestError(f"inputs[0].shape {shape}: {n} inputs, at most {max_batch} per request",
                            413)
@@ -139,7 +148,7 @@ def _tensor(tensor: dict, input_size: int, max_batch: int) -> np.ndarray:
             i = int(np.argmax(bad))
             raise RequestError(f"inputs[0].data has {int(bad.sum())} values that are not finite "
                                f"numbers in [0, 1] (first at index {i}: {arr[i]!r})")
-    return arr.reshape(n, item)
+    return to_model_layout(arr.reshape(n, *shape[1:]), input_shape, layout)
 
 
 def _flatten(data: list, expected: int) -> list:
@@ -209,14 +218,15 @@ def infer_response(
 
 
 def model_metadata(name: str, input_shape: tuple[int, ...], parameters: dict) -> dict[str, Any]:
-    """GET /v2/models/{name}: the input tensor (FP64 shown; FP32 and UINT8 accepted too) and
-    the output tensors."""
+    """GET /v2/models/{name}: the input tensor (FP64 shown; FP32 and UINT8 accepted too, and
+    the other shapes the items may have) and the output tensors."""
     return {
         "name": name,
         "versions": [],
         "platform": "radiusguard",
         "inputs": [{"name": "input", "datatype": "FP64", "shape": [-1, *input_shape],
-                    "parameters": {"accepted_datatypes": sorted(DATATYPES)}}],
+                    "parameters": {"accepted_datatypes": sorted(DATATYPES),
+                                   "accepted_shapes": [[-1, *s] for s in shapes(input_shape)]}}],
         "outputs": [{"name": k, "datatype": v, "shape": [-1]} for k, v in OUTPUTS.items()],
         "parameters": parameters,
     }

@@ -207,7 +207,7 @@ def build_app(model: InferenceModel, max_batch: int = 256, max_request_bytes: in
             body = json.loads(raw)
         except (ValueError, RecursionError) as exc:
             raise RequestError(f"the request body is not JSON: {exc}") from None
-        req = parse_infer(body, model.net.input_size, max_batch)
+        req = parse_infer(body, model.net.input_shape, max_batch)
         outcomes = await model.infer(req)
         params = {"policy": req.policy or model.policy}
         if params["policy"] == "distribution":

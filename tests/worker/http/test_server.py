@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,14 +34,14 @@ MNIST = ROOT / "models" / "mnist_test_1000.npz"
 NAME = "fnn-3x30-relu"
 
 
-@pytest.fixture(scope="module")
-def server():
-    """The server on a free port; yields its base URL, stopped with SIGTERM afterwards."""
+@contextlib.contextmanager
+def serving(model: Path, profile: Path, *options: str) -> Iterator[str]:
+    """`radiusguard http` for the model on a free port; yields its base URL, stopped with
+    SIGTERM afterwards."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "http", "--model", str(FNN), "--profile",
-         str(PROFILE), "--port", "0", "--jobs", "2", "--max-batch", "64",
-         "--max-request-bytes", "2000000"],
+        [sys.executable, "-m", "worker.cli", "http", "--model", str(model), "--profile",
+         str(profile), "--port", "0", *options],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     lines: list[str] = []
@@ -59,9 +61,19 @@ def server():
     if not ready.wait(180):
         proc.kill()
         pytest.fail("server not ready in 180 s: " + "".join(lines[-20:]))
-    yield url[0]
-    proc.terminate()
+    try:
+        yield url[0]
+    finally:
+        proc.terminate()
     assert proc.wait(30) == 0, "".join(lines[-20:])
+
+
+@pytest.fixture(scope="module")
+def server():
+    """The shipped FNN's server; yields its base URL."""
+    with serving(FNN, PROFILE, "--jobs", "2", "--max-batch", "64",
+                 "--max-request-bytes", "2000000") as url:
+        yield url
 
 
 def _call(url: str, method: str = "GET", body: bytes | dict | list | None = None) -> tuple[int, dict]:
@@ -134,6 +146,7 @@ def test_model_metadata(server: str) -> None:
     assert status == 200
     assert meta["name"] == NAME
     assert meta["inputs"][0]["shape"] == [-1, 1, 28, 28]
+    assert meta["inputs"][0]["parameters"]["accepted_shapes"] == [[-1, 1, 28, 28], [-1, 784]]
     assert {o["name"]: o["datatype"] for o in meta["outputs"]} == {
         "verdict": "BYTES", "radius": "FP64", "predicted": "INT64", "rule": "BYTES",
         "reason": "BYTES"}
