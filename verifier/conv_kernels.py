@@ -9,9 +9,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from verifier.group_kernels import MIN_GROUP, row_groups
+from verifier.group_kernels import MIN_GROUP, group_blocks, row_groups
 from verifier.kernels import TINY, gamma, widen_up
 from verifier.memory import csr_bytes, ensure_fits
+
+CHUNK = 256  # generator ids per BLAS product in the grouped convolution
 
 
 @njit(cache=True, nogil=True)
@@ -174,40 +176,14 @@ def conv_union_sizes(indptr, idx, m, tap_k, grp, plen, order, gptr):
 
 
 @njit(cache=True, nogil=True)
-def _group_blocks(indptr, val, plen, order, gptr, n_in, min_group, vt):
-    """Per input row its group (-1: none) and place in it; each group's prefix values as one
-    contiguous size x plen block at voff[g] of vt (at least as long as the input's values),
-    so a window's share is one BLAS operand."""
-    ng = gptr.shape[0] - 1
-    grp = np.full(n_in, -1, dtype=np.int64)
-    mem = np.zeros(n_in, dtype=np.int64)
-    voff = np.zeros(ng + 1, dtype=np.int64)
-    for g in range(ng):
-        a, b = gptr[g], gptr[g + 1]
-        size = b - a if b - a >= min_group else 0
-        voff[g + 1] = voff[g] + plen[order[a]] * size
-    for g in range(ng):
-        a, b = gptr[g], gptr[g + 1]
-        if b - a < min_group:
-            continue
-        size = b - a
-        pl = plen[order[a]]
-        for t in range(size):
-            r = order[a + t]
-            grp[r] = g
-            mem[r] = t
-            o = voff[g] + t * pl
-            vt[o: o + pl] = val[indptr[r]: indptr[r] + pl]
-    return grp, mem, voff
-
-
-@njit(cache=True, nogil=True)
 def _conv_grouped(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, usize, groups, out_idx,
                   out_val):
     """csr_conv's general case. Per output position, the window's generators get slots in a
     dense accumulator (slot x channel, no sorting or merging of ids); taps whose input rows
     form a group (group_kernels.row_groups, whose reordered idx, val this is given) add
-    their shared prefix as one BLAS product (prefix x members) @ (members x channels);
+    their shared prefix as BLAS products (prefix x members) @ (members x channels), a
+    chunk of the prefix at a time (a member outside the window has weight 0, which adds
+    exact zeros);
     every other entry is added one by one into all channels in a contiguous loop.
     out_idx, out_val: the output's arrays (allocated by the caller, sized from usize)."""
     npos, ntap = tap_k.shape
@@ -263,33 +239,28 @@ def _conv_grouped(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, usize, g
             pl = plen[lead] if g >= 0 else 0
             if pl > 0:
                 size = gptr[g + 1] - gptr[g]
-                block = vt[voff[g]: voff[g + 1]].reshape((size, pl))
-                wsel = np.empty((nr, co_n))
-                whole = nr == size  # every member, in the block's order: no gather
+                block = vt[voff[g]: voff[g + 1]].reshape((pl, size))
+                wsel = np.zeros((size, co_n))  # members not in the window: weight 0, exact
                 for i in range(nr):
-                    whole = whole and mem[tap_k[pos, run_t[i]]] == i
+                    r = mem[tap_k[pos, run_t[i]]]
                     for co in range(co_n):
-                        wsel[i, co] = wtap[run_t[i], co]
-                if whole:
-                    res = np.dot(block.T, wsel)
-                else:
-                    vsub = np.empty((nr, pl))
-                    for i in range(nr):
-                        vsub[i, :] = block[mem[tap_k[pos, run_t[i]]], :]
-                    res = np.dot(vsub.T, wsel)
+                        wsel[r, co] = wtap[run_t[i], co]
                 q0 = indptr[lead]
-                for u in range(pl):
-                    j = idx[q0 + u]
-                    if seen[j] != pos:
-                        seen[j] = pos
-                        slot[j] = nu
-                        ids[nu] = j
+                for u0 in range(0, pl, CHUNK):  # a chunk of the product stays in cache
+                    u1 = min(pl, u0 + CHUNK)
+                    res = np.dot(block[u0:u1], wsel)
+                    for u in range(u0, u1):
+                        j = idx[q0 + u]
+                        if seen[j] != pos:
+                            seen[j] = pos
+                            slot[j] = nu
+                            ids[nu] = j
+                            for co in range(co_n):
+                                buf[nu, co] = 0.0
+                            nu += 1
+                        sj = slot[j]
                         for co in range(co_n):
-                            buf[nu, co] = 0.0
-                        nu += 1
-                    sj = slot[j]
-                    for co in range(co_n):
-                        buf[sj, co] += res[u, co]
+                            buf[sj, co] += res[u - u0, co]
             for i in range(nr):  # entries past the shared prefix (all of an ungrouped row)
                 tt = run_t[i]
                 kk = tap_k[pos, tt]
@@ -344,7 +315,7 @@ def csr_conv(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, min_group=MIN
     ensure_fits(held + work)
     idx, val, plen, order, gptr = row_groups(indptr, idx, val, m, min_group)
     vt = np.empty(indptr[-1])  # numpy's allocator: huge pages, cheap first touch
-    grp, mem, voff = _group_blocks(indptr, val, plen, order, gptr, n_in, min_group, vt)
+    grp, mem, voff = group_blocks(indptr, idx, val, plen, order, gptr, m, min_group, vt)
     usize = conv_union_sizes(indptr, idx, m, tap_k, grp, plen, order, gptr)
     nnz = co_n * int(usize.sum())
     ensure_fits(held + work + csr_bytes(co_n * npos, nnz))

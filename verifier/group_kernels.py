@@ -69,31 +69,66 @@ def shared_first(indptr, idx, val, m):
 
 
 @njit(cache=True, nogil=True)
-def _same_prefix(indptr, idx, plen, a, b):
+def _same_set(indptr, idx, plen, stamp, a, b):
+    """Whether row b's shared ids are row a's (stamp[id] == a marks a's; ids within a row
+    are distinct, so equal counts and inclusion mean equal sets)."""
     if plen[a] != plen[b]:
         return False
-    pa, pb = indptr[a], indptr[b]
-    for u in range(plen[a]):
-        if idx[pa + u] != idx[pb + u]:
+    for q in range(indptr[b], indptr[b] + plen[b]):
+        if stamp[idx[q]] != a:
             return False
     return True
 
 
 @njit(cache=True, nogil=True)
+def group_blocks(indptr, idx, val, plen, order, gptr, m, min_group, vt):
+    """Per row its group (-1: none) and place in it; each group's shared values as one
+    contiguous plen x size block at voff[g] of vt (as long as the input's values at least),
+    rows in the order of the group's first row's ids, so the group is one BLAS operand."""
+    n = indptr.shape[0] - 1
+    ng = gptr.shape[0] - 1
+    grp = np.full(n, -1, dtype=np.int64)
+    mem = np.zeros(n, dtype=np.int64)
+    voff = np.zeros(ng + 1, dtype=np.int64)
+    for g in range(ng):
+        a, b = gptr[g], gptr[g + 1]
+        size = b - a if b - a >= min_group else 0
+        voff[g + 1] = voff[g] + plen[order[a]] * size
+    col = np.empty(m, dtype=np.int64)
+    for g in range(ng):
+        a, b = gptr[g], gptr[g + 1]
+        if b - a < min_group:
+            continue
+        lead = order[a]
+        pl = plen[lead]
+        for u in range(pl):
+            col[idx[indptr[lead] + u]] = u
+        for t in range(b - a):
+            r = order[a + t]
+            grp[r] = g
+            mem[r] = t
+            o = voff[g] + t
+            size = b - a
+            for q in range(indptr[r], indptr[r] + pl):
+                vt[o + col[idx[q]] * size] = val[q]
+    return grp, mem, voff
+
+
+@njit(cache=True, nogil=True)
 def row_groups(indptr, idx, val, m, min_group=MIN_GROUP):
     """(idx, val, plen, order, gptr): with the rows reordered by shared_first, the rows
-    order[gptr[g]:gptr[g + 1]] have the same first plen ids (exactly, in the same order).
+    order[gptr[g]:gptr[g + 1]] have the same first plen ids (exactly, in any order).
 
     Empty rows are left out; rows in no group of min_group or more come as groups of one.
     """
     n = indptr.shape[0] - 1
     idx, val, plen = shared_first(indptr, idx, val, m)
     key = np.empty(n, dtype=np.uint64)
-    for r in range(n):  # a candidate key from the length and 9 spread ids: compared exactly later
-        h = np.uint64(1469598103934665603) ^ np.uint64(plen[r])
-        for s in range(9 if plen[r] > 0 else 0):
-            q = indptr[r] + (plen[r] - 1) * s // 8
-            h = (h ^ np.uint64(idx[q])) * np.uint64(1099511628211)
+    for r in range(n):  # a key of the set of shared ids (any order): compared exactly later
+        h = np.uint64(plen[r]) * np.uint64(0x9E3779B97F4A7C15)
+        for q in range(indptr[r], indptr[r] + plen[r]):
+            x = np.uint64(idx[q]) * np.uint64(0xBF58476D1CE4E5B9)
+            h += x ^ (x >> np.uint64(31))
         key[r] = h
     by_key = np.argsort(key, kind="mergesort")
     order = np.empty(n, dtype=np.int64)
@@ -103,6 +138,7 @@ def row_groups(indptr, idx, val, m, min_group=MIN_GROUP):
     ng = 0
     singles = np.empty(n, dtype=np.int64)
     ns = 0
+    stamp = np.full(m, -1, dtype=np.int64)
     s = 0
     while s < n:
         e = s + 1
@@ -111,9 +147,11 @@ def row_groups(indptr, idx, val, m, min_group=MIN_GROUP):
         lead = by_key[s]
         if plen[lead] > 0:
             start = no
+            for q in range(indptr[lead], indptr[lead] + plen[lead]):
+                stamp[idx[q]] = lead
             for t in range(s, e):  # rows matching the run's first (hash collisions stay out)
                 r = by_key[t]
-                if _same_prefix(indptr, idx, plen, lead, r):
+                if _same_set(indptr, idx, plen, stamp, lead, r):
                     order[no] = r
                     no += 1
                 elif indptr[r + 1] > indptr[r]:
@@ -169,25 +207,30 @@ def grouped_dense_affine(c, indptr, idx, val, beta, rad, m, wt_t, aw, bias, min_
 def _grouped_dense_affine(c, indptr, idx, val, beta, rad, m, wt_t, aw, bias, min_group, col, gt):
     n_out = wt_t.shape[1]
     idx, val, plen, order, gptr = row_groups(indptr, idx, val, m, min_group)
+    at = np.empty(m, dtype=np.int64)  # place of each shared id in the group's first row
     for g in range(gptr.shape[0] - 1):
         a, b = gptr[g], gptr[g + 1]
         lead = order[a]
         pl = plen[lead] if b - a >= min_group else 0
         if pl > 0:
+            for u in range(pl):
+                at[idx[indptr[lead] + u]] = u
             vt = np.empty((pl, b - a))
             wg = np.empty((b - a, n_out))
             for t in range(b - a):
                 r = order[a + t]
-                p0 = indptr[r]
-                for u in range(pl):
-                    vt[u, t] = val[p0 + u]
+                for q in range(indptr[r], indptr[r] + pl):
+                    vt[at[idx[q]], t] = val[q]
                 wg[t, :] = wt_t[r, :]
-            res = np.dot(vt, wg)
             p0 = indptr[lead]
-            for u in range(pl):
-                rr = col[idx[p0 + u]]
-                for i in range(n_out):
-                    gt[rr, i] += res[u, i]
+            chunk = max(16, 32768 // n_out)  # rows of the product that stay in cache
+            for u0 in range(0, pl, chunk):
+                u1 = min(pl, u0 + chunk)
+                res = np.dot(vt[u0:u1], wg)
+                for u in range(u0, u1):
+                    rr = col[idx[p0 + u]]
+                    for i in range(n_out):
+                        gt[rr, i] += res[u - u0, i]
         for t in range(b - a):  # the rest of each row (tails; whole rows of small groups)
             k = order[a + t]
             for q in range(indptr[k] + pl, indptr[k + 1]):

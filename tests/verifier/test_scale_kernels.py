@@ -39,8 +39,8 @@ def _state_before(net, box, k):
 
 
 def test_row_groups_share_prefixes_and_leave_tails():
-    # rows 0-3 share ids 1, 2, 3; rows 1 and 3 each add an id no other row has
-    rows = [[1, 2, 3], [1, 2, 3, 9], [1, 2, 3], [1, 2, 3, 10], [4, 5], [], [4, 6]]
+    # rows 0-3 share ids 1, 2, 3 (in any order); rows 1 and 3 each add an id no other row has
+    rows = [[1, 2, 3], [1, 9, 2, 3], [3, 1, 2], [1, 2, 3, 10], [4, 5], [], [4, 6]]
     indptr = np.cumsum([0] + [len(r) for r in rows])
     idx = np.array([j for r in rows for j in r], dtype=np.int64)
     idx2, _, plen, order, gptr = row_groups(indptr, idx, np.ones(len(idx)), 11, 2)
@@ -48,6 +48,7 @@ def test_row_groups_share_prefixes_and_leave_tails():
     assert [0, 1, 2, 3] in groups
     assert [5] not in groups and sum(len(g) for g in groups) == 6  # the empty row is left out
     assert list(plen[:4]) == [3, 3, 3, 3]
+    assert list(idx2[indptr[1]:indptr[2]]) == [1, 2, 3, 9]  # the private id moved last
     assert plen[4] == 1 and plen[6] == 1  # 5 and 6 are used once: tails
 
 
