@@ -132,7 +132,9 @@ class Service:
             self._close(server, restorer)
 
     def _loop(self, consumer: KafkaConsumer, restorer: WindowRestorer) -> None:
-        """Poll, start scoring what came, validate what was being scored; until stopped."""
+        """Poll, start scoring what came, validate what was being scored; until stopped. A
+        batch stays with the scoring threads over the next poll only under a backlog (a full
+        poll): then that poll has records to start meanwhile, and the threads never idle."""
         while not self._stop.is_set():
             # with a batch being scored, only take what is there: the batch must not wait
             wait_ms = 0 if self._scoring is not None else self.cfg.poll_timeout_ms
@@ -148,6 +150,10 @@ class Service:
             scoring, self._scoring = self._scoring, self._start(records)
             if scoring is not None:
                 self._finish(scoring, consumer)
+            if len(records) < self.cfg.max_batch:
+                # no backlog: a poll now would most likely come back empty (and a poll costs a
+                # round trip to the client's network thread), so validate at once
+                self._finish_scoring(consumer)
             self._update_lag(consumer)
         self._finish_scoring(consumer)
 
