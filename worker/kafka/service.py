@@ -5,15 +5,17 @@ compacted changelog co-partitioned with the inputs) and the consumed offsets, al
 so every input gets exactly one committed verdict and a window always matches the offset it
 was committed with (worker.kafka.transactions; windows and ownership: worker.kafka.assignment).
 
-The poll loop is a bounded pipeline. It hands each poll's records to the scoring threads at
-once and validates the previous batch meanwhile (Algorithm 2, in offset order per partition), so
-the threads never wait for the loop; it waits for records only with nothing being scored.
-Validated batches go to the commit queue (worker.kafka.pipeline), whose thread commits all that
-wait as one transaction as soon as the previous one is done: a record waits for one running
-commit at most, then its own. If a transaction aborts, everything scored after it is dropped
-and the partitions of both are re-read from their committed offsets and windows. A revocation
-validates the batch being scored and waits for the queue to commit, so a partition changes
-owner only with everything processed on it committed.
+The poll loop is a bounded pipeline. A poll's records go to the scoring threads at once, with
+no waiting for a batch to fill (at low load a batch is the record or two that came), and are
+validated (Algorithm 2, in offset order per partition) as their radii come in; under a backlog
+the next poll's records are handed over before the previous batch is validated, so the threads
+never idle. Validated batches go to the commit queue (worker.kafka.pipeline), whose thread
+commits all that wait as one transaction when the previous one is done, at most once per
+commit interval: scoring never waits for a commit, and a record waits for at most the running
+commit (or the rest of the interval), then its own. If a transaction aborts, everything scored
+after it is dropped and the partitions of both are re-read from their committed offsets and
+windows. A revocation validates the batch being scored and waits for the queue to commit, so
+a partition changes owner only with everything processed on it committed.
 """
 
 from __future__ import annotations
