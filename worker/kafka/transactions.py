@@ -22,7 +22,7 @@ from worker.metrics import Metrics
 from worker.processor import BatchResult, Record
 from worker.validate import WindowState
 
-__all__ = ["DEAD_LETTER_OVERHEAD", "Aborted", "Batch", "Transactions"]
+__all__ = ["DEAD_LETTER_OVERHEAD", "Aborted", "Batch", "Transactions", "batch_of", "merged"]
 
 log = structlog.get_logger("radiusguard.worker")
 
