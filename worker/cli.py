@@ -204,6 +204,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap, model=Path(args.model), profile=Path(args.profile),
         policy=args.policy, input_topic=args.input_topic, output_topic=args.output_topic,
         group=args.group, max_batch=args.max_batch, jobs=args.jobs,
+        commit_interval_ms=args.commit_interval_ms,
         metrics_host=args.metrics_host, metrics_port=args.metrics_port,
         max_input_bytes=args.max_input_bytes, kafka=kafka_settings(args.kafka_config),
         **({"worker_id": args.worker_id} if args.worker_id else {}),
@@ -448,7 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="topic of verdicts (created if missing)")
     p.add_argument("--group", default="radiusguard", help="consumer group id")
     p.add_argument("--worker-id", help="stable id of this worker (default: host-pid)")
-    p.add_argument("--max-batch", type=positive_int, default=32, help="records per transaction")
+    p.add_argument("--max-batch", type=positive_int, default=32,
+                   help="records scored together (a transaction takes those scored meanwhile)")
+    p.add_argument("--commit-interval-ms", type=positive_int, default=20,
+                   help="shortest time between transaction starts (latency against CPU)")
     p.add_argument("--max-input-bytes", type=positive_int, default=1 << 20,
                    help="larger input records are invalid")
     p.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 1, help="threads")

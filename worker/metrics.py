@@ -26,9 +26,10 @@ class Metrics:
         self.dead_letters = Counter("radiusguard_dead_letters", "Dead-letter records", registry=r)
         self.radius = Histogram("radiusguard_radius", "Certified radii", buckets=RADIUS_BUCKETS,
                                 registry=r)
-        self.latency = Histogram("radiusguard_batch_seconds", "Seconds per batch, poll to commit",
+        self.latency = Histogram("radiusguard_batch_seconds", "Seconds from the poll of a "
+                                 "transaction's first record to its commit",
                                  buckets=LATENCY_BUCKETS, registry=r)
-        self.batch = Histogram("radiusguard_batch_size", "Records per batch",
+        self.batch = Histogram("radiusguard_batch_size", "Records per transaction",
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
         self.lag = Gauge("radiusguard_lag", "Records behind the end, per partition",
                          ["partition"], registry=r)

@@ -20,7 +20,7 @@ from worker.policy import Signals, logit_margins, make_validator
 from worker.profile import Profile
 from worker.validate import WindowState
 
-__all__ = ["BatchResult", "DeadLetter", "Processor", "Record", "Scorer", "process_all"]
+__all__ = ["BatchResult", "DeadLetter", "Processor", "Record", "Scorer", "Started", "process_all"]
 
 @dataclass(frozen=True)
 class Record:
@@ -51,6 +51,22 @@ class BatchResult:
     verdicts: list[tuple[bytes, Verdict]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     states: dict[tuple[int, str], WindowState] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Started:
+    """A batch whose radii are being computed: records in offset order per partition, decoded,
+    the radius results to come (in that order) and when it started."""
+
+    records: list[Record]
+    decoded: list[InputRecord | Invalid]
+    scores: Iterator[RadiusResult | Exception]
+    at: float
+
+    @property
+    def partitions(self) -> set[int]:
+        """The input partitions the batch holds records of."""
+        return {r.partition for r in self.records}
 
 
 class Scorer:
@@ -111,8 +127,12 @@ class Processor:
         self, records: Sequence[Record], states: dict[tuple[int, str], WindowState]
     ) -> BatchResult:
         """One batch. `states` maps (partition, stream) to the current window; not modified."""
-        started = time.monotonic()
-        result = BatchResult()
+        return self.finish(self.start(records), states)
+
+    def start(self, records: Sequence[Record]) -> Started:
+        """Decode a batch and hand its inputs to the scoring threads; returns at once, so the
+        caller can start the next batch before this one is finished (the threads never idle)."""
+        at = time.monotonic()
         size = self.znet.net.input_shape  # checks the layout; channels last is transposed
         ordered = sorted(records, key=lambda r: (r.partition, r.offset))
         decoded = [
@@ -120,6 +140,14 @@ class Processor:
             for r in ordered
         ]
         scores = self.scorer.iter_score([d.x for d in decoded if isinstance(d, InputRecord)])
+        return Started(ordered, decoded, scores, at)
+
+    def finish(self, batch: Started, states: dict[tuple[int, str], WindowState]) -> BatchResult:
+        """Validate a started batch in offset order as its radii come in: its verdicts, dead
+        letters and changed windows. `states` maps (partition, stream) to the current window;
+        not modified."""
+        started, ordered, decoded, scores = batch.at, batch.records, batch.decoded, batch.scores
+        result = BatchResult()
         current = dict(states)
         for rec, dec in zip(ordered, decoded, strict=True):
             key = rec.key if rec.key is not None else DEFAULT_STREAM.encode()

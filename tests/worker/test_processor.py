@@ -136,6 +136,29 @@ def test_batching_order_and_restored_windows_change_nothing(znet, profile, score
     assert all(s.last_offset == len(images) - 1 for s in part2.states.values())
 
 
+def test_batches_started_before_the_previous_one_finished_change_nothing(
+    znet, profile, scorer, images
+) -> None:
+    """The service's pipeline: batch k+1 is handed to the scoring threads before batch k is
+    validated, each batch validated from the windows the previous one left."""
+    proc = Processor(znet, profile, "distribution", scorer)
+    records = _records(images)
+    reference = _per_stream(process_all(proc, records, batch=len(records)).verdicts)
+    states: dict = {}
+    verdicts: list = []
+    running = None
+    for start in range(0, len(records), 6):
+        started = proc.start(records[start : start + 6])
+        if running is not None:
+            part = proc.finish(running, states)
+            states.update(part.states)
+            verdicts += part.verdicts
+        running = started
+    part = proc.finish(running, states)
+    assert _per_stream(verdicts + part.verdicts) == reference
+    assert running.partitions == {1}  # the last records are stream b's, on partition 1
+
+
 def test_bad_records_become_invalid_verdicts_and_dead_letters(znet, profile, scorer,
                                                               images) -> None:
     proc = Processor(znet, profile, "distribution", scorer)

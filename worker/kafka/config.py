@@ -25,8 +25,10 @@ SECRET_WORDS = ("password", "secret", "token")
 class ServiceConfig:
     """Everything `radiusguard serve` needs; kafka holds extra kafka-python client settings.
 
-    policy None means the profile's own policy. Derived topics: `<input>.dlq` for dead
-    letters and `<input>.<group>.windows` for the compacted window changelog.
+    max_batch bounds the records scored together (one poll); a transaction commits the batches
+    scored since the previous one, and starts at most once per commit_interval_ms. policy None
+    means the profile's own policy. Derived topics: `<input>.dlq` for dead letters and
+    `<input>.<group>.windows` for the compacted window changelog.
     """
 
     bootstrap: str
@@ -38,6 +40,7 @@ class ServiceConfig:
     group: str = "radiusguard"
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     max_batch: int = 32
+    commit_interval_ms: int = 20
     poll_timeout_ms: int = 500
     jobs: int = os.cpu_count() or 1
     metrics_host: str = "127.0.0.1"
@@ -60,7 +63,8 @@ class ServiceConfig:
                 raise ConfigError(f"{name} must not be empty")
         if self.input_topic == self.output_topic:
             raise ConfigError("the input and output topics must differ")
-        for name in ("max_batch", "jobs", "poll_timeout_ms", "transaction_timeout_ms",
+        for name in ("max_batch", "commit_interval_ms", "jobs", "poll_timeout_ms",
+                     "transaction_timeout_ms",
                      "max_input_bytes", "max_dead_letter_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

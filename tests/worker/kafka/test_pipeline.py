@@ -1,5 +1,6 @@
-"""The batch pipeline without Kafka: one commit at a time beside the caller's work, a failed
-commit held until taken, and batch sizes that follow the stage times and the queue."""
+"""The commit queue without Kafka: one transaction at a time beside the caller's work, holding
+every batch that waited for it; a bounded queue; a failed transaction held, with the batches
+put after it, until taken; an interval between transaction starts."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import time
 
 import pytest
 
-from worker.kafka.pipeline import BatchSizer, CommitStage, StageClosed
+from worker.kafka.pipeline import CommitQueue, StageClosed
 
 
 class Recorder:
-    """A commit function that logs its batches, can be held at a gate and fails on request."""
+    """A commit function that logs its transactions (lists of batches), can be held at a gate
+    and fails on request."""
 
     def __init__(self, fail_on: set[int] = frozenset()):
-        self.done: list[int] = []
+        self.done: list[list[int]] = []
+        self.starts: list[float] = []
         self.running = 0
         self.most_at_once = 0
         self.gate = threading.Event()
@@ -24,121 +27,151 @@ class Recorder:
         self.fail_on = fail_on
         self.lock = threading.Lock()
 
-    def __call__(self, batch: int) -> None:
+    def __call__(self, batches: list[int]) -> None:
         with self.lock:
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
+            self.starts.append(time.monotonic())
         self.started.set()
         try:
             assert self.gate.wait(10)
-            if batch in self.fail_on:
-                raise ValueError(f"batch {batch} failed")
-            self.done.append(batch)
+            if self.fail_on & set(batches):
+                raise ValueError(f"batches {batches} failed")
+            self.done.append(list(batches))
         finally:
             with self.lock:
                 self.running -= 1
 
+    @property
+    def committed(self) -> list[int]:
+        return [b for t in self.done for b in t]
 
-def test_batches_commit_in_order_one_at_a_time() -> None:
+
+def _queue(commit: Recorder, limit: int = 100, interval: float = 0.0) -> CommitQueue[int]:
+    return CommitQueue(commit, size=lambda b: 1, limit=limit, interval=interval)
+
+
+def test_batches_commit_in_order_one_transaction_at_a_time() -> None:
     commit = Recorder()
-    stage = CommitStage(commit)
+    queue = _queue(commit)
     for batch in range(20):
-        stage.submit(batch)
-    stage.close()
-    assert commit.done == list(range(20))
+        queue.put(batch)
+    queue.close()
+    assert commit.committed == list(range(20))
     assert commit.most_at_once == 1
-    assert stage.failure() is None
+    assert queue.failure() is None
 
 
-def test_submit_returns_while_the_commit_runs_and_the_next_waits_for_it() -> None:
+def test_batches_put_during_a_commit_go_together_in_the_next() -> None:
     commit = Recorder()
     commit.gate.clear()
-    stage = CommitStage(commit)
-    stage.submit(1)  # returns at once: the caller goes on scoring the next batch
+    queue = _queue(commit)
+    queue.put(1)  # returns at once: the caller goes on scoring
     assert commit.started.wait(5)
-    assert stage.busy
-    assert not stage.drain(timeout=0.2)
-    second = threading.Thread(target=stage.submit, args=(2,))
-    second.start()
-    time.sleep(0.2)
-    assert second.is_alive()  # one transaction at a time: batch 2 waits for batch 1
+    assert queue.busy
+    for batch in (2, 3, 4):
+        queue.put(batch)  # no waiting for the running commit
+    assert not queue.drain(timeout=0.2)
     assert commit.done == []
     commit.gate.set()
-    second.join(5)
-    assert not second.is_alive()
-    stage.close()
-    assert commit.done == [1, 2]
+    assert queue.drain(timeout=5)
+    assert commit.done == [[1], [2, 3, 4]]
+    queue.close()
 
 
-def test_a_failed_batch_is_held_until_taken() -> None:
-    commit = Recorder(fail_on={2})
-    stage = CommitStage(commit)
-    stage.submit(1)
-    stage.submit(2)
-    assert stage.drain(timeout=5)
-    with pytest.raises(StageClosed, match="not taken"):
-        stage.submit(3)  # built on batch 2, which did not commit
-    failed = stage.failure()
-    assert failed is not None
-    batch, exc = failed
-    assert batch == 2 and isinstance(exc, ValueError)
-    assert stage.failure() is None  # taken once
-    stage.submit(4)
-    stage.close()
-    assert commit.done == [1, 4]
-
-
-def test_close_lets_the_running_commit_finish_and_refuses_more() -> None:
+def test_put_waits_while_the_queue_is_full() -> None:
     commit = Recorder()
     commit.gate.clear()
-    stage = CommitStage(commit)
-    stage.submit(7)
+    queue = _queue(commit, limit=2)
+    queue.put(1)
     assert commit.started.wait(5)
+    queue.put(2)
+    queue.put(3)
+    third = threading.Thread(target=queue.put, args=(4,))
+    third.start()
+    time.sleep(0.2)
+    assert third.is_alive()  # two records wait already: scoring pauses
+    commit.gate.set()
+    third.join(5)
+    assert not third.is_alive()
+    queue.close()
+    assert commit.committed == [1, 2, 3, 4]
+
+
+def test_a_failed_transaction_is_held_with_the_batches_put_after_it() -> None:
+    commit = Recorder(fail_on={2})
+    commit.gate.clear()
+    queue = _queue(commit)
+    queue.put(1)
+    assert commit.started.wait(5)
+    queue.put(2)
+    commit.gate.set()
+    assert queue.drain(timeout=5)
+    queue.put(3)  # built on batch 2, which did not commit: held with it, not committed
+    time.sleep(0.1)
+    failed = queue.failure()
+    assert failed is not None
+    batches, exc = failed
+    assert batches == [2, 3] and isinstance(exc, ValueError)
+    assert queue.failure() is None  # taken once
+    queue.put(4)
+    queue.close()
+    assert commit.done == [[1], [4]]
+
+
+def test_close_commits_what_waits_and_refuses_more() -> None:
+    commit = Recorder()
+    commit.gate.clear()
+    queue = _queue(commit)
+    queue.put(7)
+    assert commit.started.wait(5)
+    queue.put(8)
     threading.Timer(0.2, commit.gate.set).start()
-    stage.close()
-    assert commit.done == [7]
+    queue.close()
+    assert commit.committed == [7, 8]
     with pytest.raises(StageClosed, match="closed"):
-        stage.submit(8)
+        queue.put(9)
 
 
-def test_sizer_starts_with_one_record_per_thread() -> None:
-    sizer = BatchSizer(jobs=2, max_batch=32)
-    assert sizer.size(None) == 2
-    assert sizer.size(0) == 2
-    assert sizer.size(4) == 2  # a short queue: small batches, low latency
+def test_close_after_a_failure_commits_nothing_more() -> None:
+    commit = Recorder(fail_on={1})
+    queue = _queue(commit)
+    queue.put(1)
+    assert queue.drain(timeout=5)
+    queue.put(2)
+    queue.close()
+    assert commit.done == []
+    failed = queue.failure()
+    assert failed is not None and failed[0] == [1, 2]
 
 
-def test_sizer_scores_about_one_commit_time_per_batch() -> None:
-    sizer = BatchSizer(jobs=2, max_batch=32, smoothing=1.0)
-    sizer.scored(records=4, seconds=0.012)  # 3 ms per record
-    sizer.committed(0.020)
-    assert sizer.small() == 7  # ceil(20 / 3)
-    sizer.committed(0.002)  # commits got cheaper than a record
-    assert sizer.small() == 2  # never fewer than one per thread
-    sizer.committed(1.0)
-    assert sizer.small() == 32  # never more than max_batch
+def test_transactions_start_at_most_once_per_interval() -> None:
+    commit = Recorder()
+    queue = _queue(commit, interval=0.1)
+    for batch in range(6):
+        queue.put(batch)
+        time.sleep(0.02)
+    assert queue.drain(timeout=5)
+    queue.close()
+    assert commit.committed == list(range(6))
+    gaps = [b - a for a, b in zip(commit.starts, commit.starts[1:], strict=False)]
+    assert gaps and min(gaps) >= 0.1 - 0.05  # batches waiting meanwhile go together
+    assert len(commit.done) < 6
 
 
-def test_sizer_takes_a_backlog_whole_up_to_max_batch() -> None:
-    sizer = BatchSizer(jobs=2, max_batch=32, smoothing=1.0)
-    sizer.scored(records=2, seconds=0.030)
-    sizer.committed(0.010)
-    assert sizer.size(4) == 2
-    assert sizer.size(5) == 5
-    assert sizer.size(500) == 32
+def test_a_full_queue_does_not_wait_out_the_interval() -> None:
+    commit = Recorder()
+    queue = _queue(commit, limit=3, interval=30.0)
+    queue.put(0)
+    assert commit.started.wait(5)
+    for batch in (1, 2, 3):
+        queue.put(batch)
+    assert queue.drain(timeout=5)  # not 30 s: the queue was full
+    queue.close()
+    assert commit.done == [[0], [1, 2, 3]]
 
 
-def test_sizer_smooths_stage_times() -> None:
-    sizer = BatchSizer(jobs=1, max_batch=64, smoothing=0.5)
-    sizer.scored(records=1, seconds=0.010)
-    sizer.scored(records=1, seconds=0.030)
-    assert sizer.record_s == pytest.approx(0.020)
-    sizer.scored(records=0, seconds=1.0)  # nothing scored: no information
-    assert sizer.record_s == pytest.approx(0.020)
-
-
-@pytest.mark.parametrize(("jobs", "max_batch", "smoothing"), [(0, 8, 0.2), (2, 0, 0.2),
-                                                               (2, 8, 0.0), (2, 8, 1.5)])
-def test_sizer_rejects_bad_settings(jobs: int, max_batch: int, smoothing: float) -> None:
+@pytest.mark.parametrize(("limit", "interval"), [(0, 0.0), (2, -1.0)])
+def test_queue_rejects_bad_settings(limit: int, interval: float) -> None:
     with pytest.raises(ValueError):
-        BatchSizer(jobs, max_batch, smoothing)
+        CommitQueue(Recorder(), size=lambda b: 1, limit=limit, interval=interval)

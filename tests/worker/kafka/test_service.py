@@ -30,7 +30,7 @@ from verifier.score import score_many
 from worker.cli import main
 from worker.formats.codec import decode_verdict, encode_input, encode_verdict
 from worker.kafka.config import ConfigError, ServiceConfig
-from worker.kafka.service import Service, WindowRestorer, _queued
+from worker.kafka.service import Service, WindowRestorer
 from worker.profile import Profile, calibrate, save_profile
 
 pytestmark = [pytest.mark.kafka, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
@@ -388,7 +388,7 @@ def test_rebalance_waits_for_the_commit_in_flight(
     def slowed(worker: ServiceThread) -> ServiceThread:
         service = worker.service
         committing = threading.Event()
-        commit, score = service._commit, service.processor.process
+        commit, score = service.transactions.write, service.processor.finish
 
         def slow_commit(batch, producer) -> None:
             committing.set()
@@ -398,12 +398,12 @@ def test_rebalance_waits_for_the_commit_in_flight(
             finally:
                 committing.clear()
 
-        def watched_score(records, states):
+        def watched_score(batch, states):
             if committing.is_set():
                 overlaps.append(service.cfg.worker_id)
-            return score(records, states)
+            return score(batch, states)
 
-        service._commit, service.processor.process = slow_commit, watched_score
+        service.transactions.write, service.processor.finish = slow_commit, watched_score
         return worker
 
     half = PER_STREAM // 2
@@ -434,30 +434,6 @@ def test_rebalance_waits_for_the_commit_in_flight(
     assert {v["worker"] for v in verdicts} == {"a", "b"}
     assert "a" in overlaps  # scoring went on while a commit was running
     assert _by_stream(verdicts) == reference["distribution"]
-
-
-class _Positions:
-    """A consumer's assignment, high watermarks and positions, as kafka-python reports them."""
-
-    def __init__(self, marks: dict[int, tuple[int | None, int]]):
-        self.marks = {TopicPartition("in", p): m for p, m in marks.items()}
-
-    def assignment(self) -> set[TopicPartition]:
-        return set(self.marks)
-
-    def highwater(self, tp: TopicPartition) -> int | None:
-        return self.marks[tp][0]
-
-    def position(self, tp: TopicPartition, timeout_ms: int | None = None) -> int:
-        return self.marks[tp][1]
-
-
-def test_queue_counts_the_partitions_whose_high_watermark_is_known() -> None:
-    # a high watermark is known once the client parsed a fetch of that partition: under a
-    # backlog, the others are still unknown, and the backlog must show (big batches)
-    assert _queued(_Positions({0: (900, 100), 1: (None, 0), 2: (50, 50)})) == 800
-    assert _queued(_Positions({0: (None, 0), 1: (None, 7)})) is None
-    assert _queued(_Positions({})) is None
 
 
 def test_malformed_records_become_invalid_verdicts_and_dead_letters(
@@ -532,18 +508,18 @@ def test_aborted_transaction_is_redone_exactly_once(
     cfg = _config(kafka_bootstrap, profile[0], topic, out, max_batch=8)
     worker = ServiceThread(cfg)
     service = worker.service
-    original = service._commit
+    original = service.transactions.write
     calls: list[int] = []
-    score = service.processor.process
+    score = service.processor.finish
     scored = threading.Semaphore(0)
 
-    def counting(records, states):
+    def counting(batch, states):
         scored.release()
-        return score(records, states)
+        return score(batch, states)
 
     def flaky(batch, producer) -> None:
-        """The third batch writes its verdicts and windows, then fails before committing, once
-        the fourth batch is being scored on the windows the third one left."""
+        """The third transaction writes its verdicts and windows, then fails before committing,
+        once four more batches were validated on the windows it left."""
         calls.append(len(batch.records))
         if len(calls) != 3:
             return original(batch, producer)
@@ -559,8 +535,8 @@ def test_aborted_transaction_is_redone_exactly_once(
         producer.flush()
         raise KafkaError("injected failure before the commit")
 
-    service._commit = flaky
-    service.processor.process = counting
+    service.transactions.write = flaky
+    service.processor.finish = counting
     reader = VerdictReader(kafka_bootstrap, out)
     try:
         worker.start()
