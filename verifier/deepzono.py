@@ -323,13 +323,22 @@ def _add(_layer, *zs: Zonotope) -> Zonotope:
         return Zonotope.of_dense(c, gt, beta, blocks)
     ensure_fits(held + csr_bytes(zs[0].c.shape[0], sum(z.indptr[-1] for z in zs)))
     z = zs[0]
-    c, ptr, idx, val, beta, gsum = z.c, z.indptr, _ids(z, maps[0]), z.val, z.beta, z.row_sums()
+    acc = (z.c, z.indptr, _ids(z, maps[0]), z.val, z.beta, z.row_sums())
     for z, remap in zip(zs[1:], maps[1:], strict=True):
-        c, ptr, idx, val, beta, gsum = J.csr_add(
-            c, ptr, idx, val, beta, gsum, z.c, z.indptr, _ids(z, remap), z.val, z.beta,
-            z.row_sums(), m,
-        )
+        acc = _csr_sum(acc, (z.c, z.indptr, _ids(z, remap), z.val, z.beta, z.row_sums()), m)
+    c, ptr, idx, val, beta, gsum = acc
     return Zonotope(c, beta, m, indptr=ptr, idx=idx, val=val, gsum=gsum, blocks=blocks)
+
+
+def _csr_sum(a: tuple, b: tuple, m: int) -> tuple:
+    """(c, indptr, idx, val, beta, gsum) of a + b: in the rows of the operand whose rows hold
+    all of the other's ids when one does (a residual Add's body), else merged row by row."""
+    for big, small in ((b, a), (a, b)):
+        if small[1][-1] <= big[1][-1]:
+            ok, c, val, beta, gsum = J.csr_add_within(*small, *big, m)
+            if ok:
+                return c, big[1], big[2], val, beta, gsum
+    return J.csr_add(*a, *b, m)
 
 
 def _concat(_layer, *zs: Zonotope) -> Zonotope:

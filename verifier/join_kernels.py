@@ -87,6 +87,38 @@ def csr_add(c_a, ptr_a, idx_a, val_a, beta_a, sum_a, c_b, ptr_b, idx_b, val_b, b
 
 
 @njit(cache=True, nogil=True)
+def csr_add_within(c_a, ptr_a, idx_a, val_a, beta_a, sum_a, c_b, ptr_b, idx_b, val_b, beta_b,
+                   sum_b, m):
+    """csr_add when every row of a holds only ids of the same row of b (a residual Add: the
+    skip's generators are all in the body's rows), keeping b's indptr and idx: returns (ok,
+    c, val, beta, gsum), ok False (and the rest unusable) when some id of a is not in b.
+
+    Each entry is fl(b_j + a_j) = fl(a_j + b_j), or b_j copied exactly, as in csr_add; an
+    entry that cancels to 0.0 is kept (it contributes nothing). gsum and the error box are
+    csr_add's (widen_up of the float sum of the stored |values|; _sum_centre).
+    """
+    n = c_b.shape[0]
+    out_val = val_b.copy()
+    gsum = np.empty(n)
+    slot = np.full(m, -1, dtype=np.int64)
+    for i in range(n):
+        for q in range(ptr_b[i], ptr_b[i + 1]):
+            slot[idx_b[q]] = q
+        for q in range(ptr_a[i], ptr_a[i + 1]):
+            s = slot[idx_a[q]]
+            if s < 0:
+                return False, c_b, out_val, beta_b, gsum
+            out_val[s] += val_a[q]
+        s = 0.0
+        for q in range(ptr_b[i], ptr_b[i + 1]):
+            slot[idx_b[q]] = -1
+            s += abs(out_val[q])
+        gsum[i] = widen_up(s, ptr_b[i + 1] - ptr_b[i])
+    out_c, out_beta = _sum_centre(c_a, beta_a, sum_a, c_b, beta_b, sum_b)
+    return True, out_c, out_val, out_beta, gsum
+
+
+@njit(cache=True, nogil=True)
 def dense_add(c_a, gt_a, beta_a, c_b, gt_b, beta_b):
     """The sum of two dense zonotopes in one numbering (gt = G^T, m x n): gt_a + gt_b.
 

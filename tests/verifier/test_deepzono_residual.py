@@ -2,9 +2,13 @@
 body's (through convolutions, activations and max pools), so it adds no ids and a body that
 is an exact function of the skip cancels against it block after block."""
 
+import math
+
 import numpy as np
 import pytest
 
+from verifier import join_kernels as J
+from verifier import kernels as K
 from verifier import plan_for
 from verifier.box import InputBox
 from verifier.network import INPUT, Add, Conv, MaxPool, Network, Relu
@@ -102,3 +106,51 @@ def test_a_body_exact_in_the_skip_cancels_block_after_block(blocks):
     assert outs[cur].m == outs[first].m
     z = analyse(plan_for(net), _box(np.random.default_rng(0), 0.05))
     assert z.m == outs[first].m
+
+
+def _random_rows(rng, n, m, within=None):
+    """CSR rows of distinct ids < m; with `within` (indptr, idx), each row a subset of its."""
+    rows = []
+    for i in range(n):
+        pool = np.arange(m) if within is None else within[1][within[0][i]: within[0][i + 1]]
+        k = rng.integers(0, len(pool) + 1)
+        rows.append(rng.permutation(pool)[:k])
+    ptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+    idx = np.concatenate(rows).astype(np.int64)
+    return ptr, idx, rng.normal(size=len(idx))
+
+
+def _operand(rng, n, ptr, idx, val):
+    return (rng.normal(size=n), ptr, idx, val, np.abs(rng.normal(size=n)) * 1e-9,
+            K.csr_abs_sums(ptr, val) * (1 + 1e-15))
+
+
+def _dense_rows(ptr, idx, val, m):
+    out = np.zeros((len(ptr) - 1, m))
+    for i in range(len(ptr) - 1):
+        out[i, idx[ptr[i]: ptr[i + 1]]] = val[ptr[i]: ptr[i + 1]]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_an_add_within_the_other_operands_rows_is_csr_adds_sum(seed):
+    rng = np.random.default_rng(seed)
+    n, m = 7, 12
+    big = _operand(rng, n, *_random_rows(rng, n, m))
+    small_rows = _random_rows(rng, n, m, within=big[1:3])
+    small = _operand(rng, n, *small_rows)
+    at = {(i, j): q for i in range(n) for q, j in enumerate(big[2]) if big[1][i] <= q < big[1][i + 1]}
+    for i in range(n):  # every other entry of the small operand cancels the big one's
+        for q in range(small[1][i], small[1][i + 1], 2):
+            small[3][q] = -big[3][at[i, small[2][q]]]
+    ok, c, val, beta, gsum = J.csr_add_within(*small, *big, m)
+    assert ok
+    c2, ptr2, idx2, val2, beta2, gsum2 = J.csr_add(*small, *big, m)
+    assert np.array_equal(c, c2) and np.array_equal(beta, beta2)
+    assert np.array_equal(_dense_rows(big[1], big[2], val, m), _dense_rows(ptr2, idx2, val2, m))
+    exact = [math.fsum(abs(v) for v in val[big[1][i]: big[1][i + 1]]) for i in range(n)]
+    assert np.all(gsum >= exact) and gsum == pytest.approx(gsum2, rel=1e-14, abs=1e-300)
+    extra = _operand(rng, n, *_random_rows(rng, n, m))
+    if any(not set(extra[2][extra[1][i]: extra[1][i + 1]])
+           <= set(big[2][big[1][i]: big[1][i + 1]]) for i in range(n)):
+        assert not J.csr_add_within(*extra, *big, m)[0]
