@@ -83,8 +83,8 @@ def secant_search(up: float, tol: float, m0: float | None = None) -> Search:
         else:
             hi = k
         stalls = stalls + 1 if (hi - lo) * 2 > width else 0
-        if stalls >= 3:
-            guess = (lo + hi) // 2
+        if stalls >= 3:  # bisect, in log eps once a robust probe is known
+            guess = math.isqrt(lo * hi) if lo > 0 else (lo + hi) // 2
         elif first and 0 < m0 and probes[k] < m0:
             guess = _power_guess(m0, k, probes[k], lo)
         else:
@@ -119,6 +119,7 @@ def secant(margin: Callable[[float], float], up: float, tol: float) -> tuple[flo
 
 
 POWER = 1.6  # the margin curve's typical shape near the root: m0 (1 - (k / K)^1.6)
+CLIFF, CLIFF_POWER = 100.0, 5.0  # a first probe losing over 100 m0: a deep net's cliff, ~eps^5
 
 
 def _power_guess(m0: float, k: int, mk: float, lo: int) -> int:
@@ -127,9 +128,12 @@ def _power_guess(m0: float, k: int, mk: float, lo: int) -> int:
     The certified margin of the reference networks falls from m0 like eps^1.3..eps^2 up to
     its root (more steeply than the line through (0, m0), less than a parabola with its
     vertex at 0), so this guess is usually within a few grid steps; from the second probe on
-    the search fits the probes themselves (_model_guess).
+    the search fits the probes themselves (_model_guess). A first probe whose loss m0 - mk
+    exceeds CLIFF m0 is far above the root of a deep network, whose loss grows like eps^4..7
+    there: POWER would guess the first grid point, CLIFF_POWER guesses near the root.
     """
-    root = k / (1.0 - mk / m0) ** (1.0 / POWER)
+    power = CLIFF_POWER if m0 - mk > CLIFF * m0 else POWER
+    root = k / (1.0 - mk / m0) ** (1.0 / power)
     g = math.floor(root)
     return g if g > lo else lo + 1
 
@@ -148,6 +152,8 @@ def _model_guess(probes: dict[int, float], lo: int, hi: int) -> int:
             return 2 * lo
         root = lo + (lo - below) * probes[lo] / (probes[below] - probes[lo])
         return min(math.ceil(root), 4 * lo)
+    if lo > 0 and probes[hi] < -probes[0]:
+        return _loss_guess(probes, lo, hi)
     near = sorted(probes, key=lambda k: (0 if k in (lo, hi) else min(abs(k - lo), abs(k - hi))))
     root = None
     if len(near) >= 3:
@@ -157,6 +163,22 @@ def _model_guess(probes: dict[int, float], lo: int, hi: int) -> int:
         root = lo + (hi - lo) * probes[lo] / (probes[lo] - probes[hi])
     k = math.floor(root)
     return k if k > lo else lo + 1
+
+
+def _loss_guess(probes: dict[int, float], lo: int, hi: int) -> int:
+    """The grid point below the root of a power law in the loss m0 - m through lo and hi.
+
+    On deep networks the certified margin falls off a cliff (the loss m0 - m grows like
+    eps^4..eps^7, and a failed probe's margin can be -1e5): the chord then creeps up one
+    grid step at a time. Interpolating log loss in log eps lands at or below the root while
+    the local exponent grows with eps (the deep networks' shape), so it probes from below.
+    """
+    m0, loss_lo, loss_hi = probes[0], probes[0] - probes[lo], probes[0] - probes[hi]
+    if not 0 < loss_lo < m0 < loss_hi:
+        return (lo + hi) // 2
+    p = math.log(loss_hi / loss_lo) / math.log(hi / lo)
+    k = math.floor(lo * (m0 / loss_lo) ** (1.0 / p))
+    return min(max(k, lo + 1), hi - 1)
 
 
 def _parabola_roots(ks: list[int], probes: dict[int, float]) -> list[float]:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 DOMAIN_NAMES = ("deepzono", "deeppoly")
 # Part of every cache key of computed radii: raised whenever a change may move a radius.
-VERIFIER_VERSION = 3  # 3: the secant search starts from the margin at x
+VERIFIER_VERSION = 4  # 4: the secant search models a deep network's margin cliff
 SEARCHES = ("bisect", "secant")
 
 

@@ -44,6 +44,21 @@ def test_searches_on_a_known_margin(root):
     assert calls_b == 9
 
 
+@pytest.fixture(params=[0.0012, 0.0037, 0.006, 0.0213, 0.05])
+def cliff_root(request):
+    return request.param
+
+
+def test_a_margin_falling_off_a_cliff_takes_few_passes(cliff_root):
+    """A deep network's margin: loss ~ eps^5, failed probes at -1e5. The chord alone crept up
+    a grid step at a time (up to 13 passes); the loss model in log eps needs at most 4."""
+    margin = lambda eps: 7.0 * (1.0 - (eps / cliff_root) ** 5)  # noqa: E731
+    low_b, _ = bisect(margin, 0.256, 0.001)
+    low_s, calls = run_search(secant_search(0.256, 0.001, margin(0.0)), margin)
+    assert low_s == low_b
+    assert calls <= 4
+
+
 def test_secant_at_least_bisect_with_fewer_passes(fnn, images):
     xs, _ = images
     s, b = [], []
