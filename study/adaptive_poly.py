@@ -26,18 +26,15 @@ from pathlib import Path
 import numpy as np
 
 from study.adaptive import (
-    DATA,
     NETWORKS,
-    ROOT,
     AdaptiveConfig,
     _hash,
-    network_profile,
     run_attacks,
     verified,
 )
-from study.adaptive_signals import mahalanobis_rule
+from study.adaptive_signals import Setup, mahalanobis_rule
 from verifier.check import margins
-from verifier.network import Network, load_onnx
+from verifier.network import Network
 from verifier.score import plan_for
 from verifier.settings import VERIFIER_VERSION
 from worker.profile import Profile, false_alarm_threshold
@@ -204,15 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cost", type=int, default=20, help="inputs timed for the cost (0: none)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    cfg = AdaptiveConfig.quick() if args.quick else AdaptiveConfig()
-    cache = args.out / "cache"
-    cache.mkdir(parents=True, exist_ok=True)
-    onnx = ROOT / NETWORKS[args.network]
-    net = load_onnx(onnx)
-    with np.load(ROOT / DATA) as z:
-        x = z["x"].reshape(len(z["x"]), -1).astype(np.float64) / 255.0
-        y = z["y"].astype(np.int64)
-    profile = network_profile(net, x, y, cfg, cache)
+    setup = Setup.of(args.network, args.quick, args.out)
+    cfg, cache, onnx, net, profile = setup.cfg, setup.cache, setup.onnx, setup.net, setup.profile
+    x, y = setup.x, setup.y
 
     def valid(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         f, pred = features(net, profile, xs, cache, args.jobs)

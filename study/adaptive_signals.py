@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from verifier.check import margins
 from verifier.network import Network, load_onnx
 from verifier.score import plan_for
 from verifier.settings import VERIFIER_VERSION
-from worker.profile import false_alarm_threshold
+from worker.profile import Profile, false_alarm_threshold
 
 SLOPE_EPS = (0.002, 0.005, 0.01)
 Rule = Callable[[np.ndarray], np.ndarray]
@@ -124,6 +125,31 @@ def rules(cal: np.ndarray, alpha: float) -> dict[str, Rule]:
     }
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What a signals study starts from: the network, the test images, the calibrated profile."""
+
+    cfg: AdaptiveConfig
+    cache: Path
+    onnx: Path
+    net: Network
+    x: np.ndarray  # [N, size] in [0, 1]
+    y: np.ndarray
+    profile: Profile
+
+    @classmethod
+    def of(cls, network: str, quick: bool, out: Path) -> Setup:
+        cfg = AdaptiveConfig.quick() if quick else AdaptiveConfig()
+        cache = out / "cache"
+        cache.mkdir(parents=True, exist_ok=True)
+        onnx = ROOT / NETWORKS[network]
+        net = load_onnx(onnx)
+        with np.load(ROOT / DATA) as z:
+            x = z["x"].reshape(len(z["x"]), -1).astype(np.float64) / 255.0
+            y = z["y"].astype(np.int64)
+        return cls(cfg, cache, onnx, net, x, y, network_profile(net, x, y, cfg, cache))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write DIR/signals.csv and print it."""
     import torch
@@ -134,15 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    cfg = AdaptiveConfig.quick() if args.quick else AdaptiveConfig()
-    cache = args.out / "cache"
-    cache.mkdir(parents=True, exist_ok=True)
-    onnx = ROOT / NETWORKS[args.network]
-    net = load_onnx(onnx)
-    with np.load(ROOT / DATA) as z:
-        x = z["x"].reshape(len(z["x"]), -1).astype(np.float64) / 255.0
-        y = z["y"].astype(np.int64)
-    profile = network_profile(net, x, y, cfg, cache)
+    setup = Setup.of(args.network, args.quick, args.out)
+    cfg, cache, onnx, net, profile = setup.cfg, setup.cache, setup.onnx, setup.net, setup.profile
+    x, y = setup.x, setup.y
 
     def valid(lo: int, hi: int) -> np.ndarray:
         r, m, pred = verified(net, profile, x[lo:hi], cache, cfg.jobs)
