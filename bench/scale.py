@@ -1,16 +1,16 @@
 """Verification cost on networks of verification-literature size (3x32x32 inputs), one core.
 
     python -m bench.scale [--nets convsmall,convmed,convbig,resnet2b,resnet4b]
-                          [--domains deepzono,deeppoly] [--n 5] [--eps 0.01] [--timeout 900]
-                          [--cache .cache/refnets]
+                          [--domains deepzono,deeppoly] [--n 5] [--offset 0] [--eps 0.01]
+                          [--timeout 900] [--cache .cache/refnets]
 
 Prints, per network and domain: neurons, ms per is_robust (one pass at --eps, median over the
-inputs), ms per radius (mean over the first --n test images, secant search), passes per radius,
-peak resident memory of the process that ran it, and the mean radius. Each network and domain
-runs in its own process, so every peak is its own (it includes the interpreter, the import and
-the compiled kernels). Times are thread CPU times. Networks absent from --cache are trained
-there first with `python -m study.refnets --out CACHE --nets NAME --test-n 100` (needs the
-study extra); a network that does not import, or a run over --timeout seconds, is reported
+inputs), ms per radius (mean over --n test images from --offset on, secant search), passes per
+radius, peak resident memory of the process that ran it, and the mean radius. Each network and
+domain runs in its own process, so every peak is its own (it includes the interpreter, the
+import and the compiled kernels). Times are thread CPU times. Networks absent from --cache are
+trained there first with `python -m study.refnets --out CACHE --nets NAME --test-n 100` (needs
+the study extra); a network that does not import, or a run over --timeout seconds, is reported
 as skipped with the reason.
 """
 
@@ -32,17 +32,18 @@ NETS = ("convsmall", "convmed", "convbig", "resnet2b", "resnet4b")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _images(cache: Path, n: int):
+def _images(cache: Path, n: int, offset: int = 0):
     import numpy as np
 
     files = sorted(cache.glob("test_*.npz"))
     if not files:
         raise FileNotFoundError(f"no test_*.npz in {cache}")
     data = np.load(files[-1])
-    return data["x"][:n].reshape(min(n, len(data["x"])), -1).astype(np.float64) / 255.0
+    x = data["x"][offset: offset + n]
+    return x.reshape(len(x), -1).astype(np.float64) / 255.0
 
 
-def measure(path: Path, domain: str, n: int, eps: float) -> dict:
+def measure(path: Path, domain: str, n: int, eps: float, offset: int = 0) -> dict:
     """The figures of one network and domain, in this process."""
     from verifier import VerifierSettings, is_robust, load_onnx, radius_result
     from verifier.runtime import single_threaded
@@ -51,7 +52,9 @@ def measure(path: Path, domain: str, n: int, eps: float) -> dict:
     net = load_onnx(path)
     settings = VerifierSettings(domain=domain)
     plan = plan_for(net, settings)
-    xs = _images(path.parent, n)
+    xs = _images(path.parent, n, offset)
+    if not len(xs):
+        raise ValueError(f"no test images from --offset {offset}")
     with single_threaded():
         is_robust(plan, xs[0], eps, settings=settings)  # load the compiled kernels
         passes = []
@@ -91,7 +94,7 @@ def _ensure_net(cache: Path, name: str) -> Path:
 
 def _child(args: argparse.Namespace) -> int:
     try:
-        out = measure(Path(args.child[0]), args.child[1], args.n, args.eps)
+        out = measure(Path(args.child[0]), args.child[1], args.n, args.eps, args.offset)
     except Exception as err:  # reported as a skip by the parent, never a crash
         out = {"skipped": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
     print(json.dumps(out), flush=True)
@@ -112,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nets", default=",".join(NETS))
     ap.add_argument("--domains", default="deepzono,deeppoly")
     ap.add_argument("--n", type=int, default=5, help="test images per network")
+    ap.add_argument("--offset", type=int, default=0, help="index of the first test image")
     ap.add_argument("--eps", type=float, default=0.01, help="eps of the timed single pass")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per network and domain")
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "refnets")
@@ -120,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return _child(args)
     print(f"{'network':10} {'domain':9} {'neurons':>8} {'ms/pass':>10} {'ms/radius':>11} "
-          f"{'passes':>7} {'peak MB':>8} {'radius':>8}   (n={args.n}, pass at eps {args.eps})")
+          f"{'passes':>7} {'peak MB':>8} {'radius':>8}   (n={args.n} from {args.offset}, "
+          f"pass at eps {args.eps})")
     for name in [s.strip() for s in args.nets.split(",") if s.strip()]:
         try:
             path = _ensure_net(args.cache, name)
@@ -129,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for domain in [s.strip() for s in args.domains.split(",") if s.strip()]:
             cmd = [sys.executable, "-m", "bench.scale", "--child", str(path), domain,
-                   "--n", str(args.n), "--eps", str(args.eps)]
+                   "--n", str(args.n), "--offset", str(args.offset), "--eps", str(args.eps)]
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
                                       timeout=args.timeout)

@@ -16,9 +16,10 @@ import numpy as np
 
 from verifier.box import InputBox
 from verifier.domains import get_domain
+from verifier.gradient import activation_depth, linear_radius
 from verifier.kernels import linf_box
 from verifier.network import Network
-from verifier.radius import SEARCH_FUNCTIONS, run_search
+from verifier.radius import SEARCH_FUNCTIONS, SHALLOW, SearchHint, run_search
 from verifier.runtime import single_threaded
 from verifier.settings import VerifierSettings
 from verifier.walk import Plan, linear_lower, margin_matrix
@@ -97,6 +98,18 @@ def _point_margin(logits: np.ndarray, label: int) -> float:
     return ys[label] - max(others) if others else float("inf")
 
 
+def search_hint(plan: Plan, x: np.ndarray, logits: np.ndarray, label: int,
+                settings: VerifierSettings) -> SearchHint | None:
+    """What steers the search of one input: its margin at x, the network's activation depth
+    and, for the secant search on a deep network, the radius of its linearisation at x."""
+    if settings.search != "secant":
+        return None
+    m0 = _point_margin(logits, label)
+    depth = activation_depth(plan.net)
+    deep = depth > SHALLOW and m0 > 0 and plan.net.n_outputs > 1
+    return SearchHint(m0, depth, linear_radius(plan.net, x, label) if deep else None)
+
+
 def radius_result(
     net: Network | Plan,
     x: np.ndarray,
@@ -109,7 +122,7 @@ def radius_result(
     logits = np.asarray(plan.net.forward(x), dtype=np.float64).reshape(-1)
     label = int(np.argmax(logits)) if label is None else int(label)
     search = SEARCH_FUNCTIONS[settings.search](
-        settings.up, settings.tol, _point_margin(logits, label)
+        settings.up, settings.tol, search_hint(plan, x, logits, label, settings)
     )
     with single_threaded():
         radius, calls = run_search(search, margin_function(plan, x, label, settings))
@@ -124,10 +137,12 @@ def certified_radius(
     return radius_result(net, x, settings, label).radius
 
 
-def _score_group(plan: Plan, xs: list[np.ndarray], labels: list[int], m0s: list[float],
+def _score_group(plan: Plan, xs: list[np.ndarray], labels: list[int], logits: np.ndarray,
                  settings: VerifierSettings) -> list[RadiusResult]:
     """Every input's search in lockstep: one round probes the next eps of each open search."""
-    searches = [SEARCH_FUNCTIONS[settings.search](settings.up, settings.tol, m0) for m0 in m0s]
+    hints = [search_hint(plan, x, y, label, settings)
+             for x, y, label in zip(xs, logits, labels, strict=True)]
+    searches = [SEARCH_FUNCTIONS[settings.search](settings.up, settings.tol, h) for h in hints]
     fns = [margin_function(plan, x, label, settings) for x, label in zip(xs, labels, strict=True)]
     pending = {i: next(s) for i, s in enumerate(searches)}
     results: list[RadiusResult | None] = [None] * len(xs)
@@ -157,15 +172,14 @@ def score_many(
         return []
     logits = np.atleast_2d(plan.net.forward(np.stack(xs)))
     labels = [int(v) for v in np.argmax(logits, axis=1)]
-    m0s = [_point_margin(y, label) for y, label in zip(logits, labels, strict=True)]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(xs)))
     if jobs == 1:
-        return _score_group(plan, xs, labels, m0s, settings)
+        return _score_group(plan, xs, labels, logits, settings)
     parts = [list(range(k, len(xs), jobs)) for k in range(jobs)]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         def group(idx: list[int]) -> list[RadiusResult]:
             return _score_group(plan, [xs[i] for i in idx], [labels[i] for i in idx],
-                                [m0s[i] for i in idx], settings)
+                                logits[idx], settings)
 
         done = pool.map(group, parts)
         out: list[RadiusResult | None] = [None] * len(xs)

@@ -4,10 +4,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from verifier import VerifierSettings, is_robust, plan_for, radius_result, score_many
 from verifier.network import load_onnx
-from verifier.radius import bisect, grid_size, run_search, secant, secant_search
+from verifier.radius import SearchHint, bisect, grid_size, run_search, secant, secant_search
 from verifier.score import certified_margin
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -35,7 +37,7 @@ def test_searches_on_a_known_margin(root):
     margin = lambda eps: (root - eps) * (1 + 40 * eps)  # noqa: E731  (decreasing, concave-ish)
     low_b, calls_b = bisect(margin, 0.256, 0.001)
     low_s, calls_s = secant(margin, 0.256, 0.001)
-    low_m, calls_m = run_search(secant_search(0.256, 0.001, margin(0.0)), margin)
+    low_m, calls_m = run_search(secant_search(0.256, 0.001, SearchHint(margin(0.0))), margin)
     step = 0.256 / 512
     assert low_b == low_s == low_m
     if root > 0:  # the margin at x replaces the pass at eps 0, the probes are the same
@@ -54,9 +56,46 @@ def test_a_margin_falling_off_a_cliff_takes_few_passes(cliff_root):
     a grid step at a time (up to 13 passes); the loss model in log eps needs at most 4."""
     margin = lambda eps: 7.0 * (1.0 - (eps / cliff_root) ** 5)  # noqa: E731
     low_b, _ = bisect(margin, 0.256, 0.001)
-    low_s, calls = run_search(secant_search(0.256, 0.001, margin(0.0)), margin)
+    low_s, calls = run_search(secant_search(0.256, 0.001, SearchHint(margin(0.0))), margin)
     assert low_s == low_b
     assert calls <= 4
+
+
+@settings(max_examples=200, deadline=None)
+@given(root=st.one_of(st.just(0.0), st.floats(1e-5, 0.3)), power=st.floats(1.0, 7.0), depth=st.integers(0, 12),
+       linear=st.one_of(st.none(), st.floats(0.0, 1.0)))
+def test_a_hint_steers_probes_never_the_radius(root, power, depth, linear):
+    """Whatever the hint says of depth and linear radius, the secant search returns what
+    bisection returns on a monotone margin."""
+    margin = lambda eps: 3.0 * (1.0 - (eps / root) ** power) if root > 0 else -1.0  # noqa: E731
+    low_b, _ = bisect(margin, 0.256, 0.001)
+    low_s, calls = run_search(
+        secant_search(0.256, 0.001, SearchHint(margin(0.0), depth, linear)), margin)
+    assert low_s == low_b
+    assert calls <= 12
+
+
+@pytest.mark.parametrize("root", [0.0011, 0.0023, 0.0051, 0.0204])
+def test_a_deep_networks_hint_puts_the_first_probe_near_the_root(root):
+    """Depth 11, linear radius 8x the root (as on the 4-block ResNet): the first probe lands
+    below the root, where passes are cheap, and the search ends in a few."""
+    margin = lambda eps: 2.0 * (1.0 - (eps / root) ** 4)  # noqa: E731
+    search = secant_search(0.256, 0.001, SearchHint(margin(0.0), 11, 8 * root))
+    first = next(search)
+    assert first <= root
+    low, calls = run_search(secant_search(0.256, 0.001, SearchHint(margin(0.0), 11, 8 * root)),
+                            margin)
+    assert low == bisect(margin, 0.256, 0.001)[0]
+    assert calls <= 5
+
+
+def test_a_shallow_networks_search_ignores_the_linear_radius():
+    margin = lambda eps: (0.05 - eps) * 4  # noqa: E731
+    probes = {}
+    for linear in (None, 0.001, 0.5):
+        s = secant_search(0.256, 0.001, SearchHint(margin(0.0), 3, linear))
+        probes[linear] = next(s)
+    assert len(set(probes.values())) == 1
 
 
 def test_secant_at_least_bisect_with_fewer_passes(fnn, images):
