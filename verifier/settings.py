@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 DOMAIN_NAMES = ("deepzono", "deeppoly")
 # Part of every cache key of computed radii: raised whenever a change may move a radius.
-VERIFIER_VERSION = 4  # 4: the secant search models a deep network's margin cliff
+VERIFIER_VERSION = 5  # 5: the secant search steered by depth and the linearisation radius
 SEARCHES = ("bisect", "secant")
 
 
