@@ -2,6 +2,7 @@
 every layer kind; the linear radius and activation depth of known networks."""
 
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -10,8 +11,8 @@ from hypothesis import strategies as st
 
 from tests.verifier import onnx_builders
 from tests.verifier.test_deepzono_graphs import _random_dag
-from verifier.gradient import activation_depth, linear_radius, margin_gradients
-from verifier.network import Dense, Network, from_onnx_model, load_onnx
+from verifier.gradient import VJPS, activation_depth, linear_radius, margin_gradients
+from verifier.network import Dense, Layer, Network, from_onnx_model, load_onnx
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
@@ -69,3 +70,7 @@ def test_activation_depth_counts_the_longest_path():
     assert activation_depth(load_onnx(MODELS / "cnn-6-16-128-relu.onnx")) == 3
     # stem, two blocks of two, the head's hidden layer
     assert activation_depth(load_onnx(MODELS / "refnets" / "resnet2b.onnx")) == 6
+
+
+def test_every_layer_kind_has_a_vector_jacobian_product():
+    assert set(VJPS) == set(get_args(Layer))
