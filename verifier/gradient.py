@@ -28,8 +28,10 @@ from verifier.network import (
     Scale,
     Sigmoid,
     Tanh,
-    apply_layer,
+    layer_outputs,
+    pool_windows,
 )
+from verifier.walk import margin_matrix
 
 
 def _conv_vjp(layer: Conv, ins: tuple, out: np.ndarray, G: np.ndarray) -> tuple:
@@ -56,11 +58,7 @@ def _pool_vjp(layer: MaxPool, ins: tuple, out: np.ndarray, G: np.ndarray) -> tup
     kh, kw = layer.kernel
     sh, sw = layer.stride
     pt, pl, pb, pr = layer.pads
-    img = np.full((c, h + pt + pb, w + pl + pr), -np.inf)
-    img[:, pt : pt + h, pl : pl + w] = ins[0].reshape(c, h, w)
-    wins = np.stack([img[:, i : i + sh * oh : sh, j : j + sw * ow : sw]
-                     for i in range(kh) for j in range(kw)])
-    arg = np.argmax(wins, axis=0)  # (c, oh, ow): which tap wins
+    arg = np.argmax(pool_windows(layer, ins[0]), axis=0)  # (c, oh, ow): which tap wins
     k = G.shape[0]
     grad = np.zeros((k, c, h + pt + pb, w + pl + pr))
     g = G.reshape(k, c, oh, ow)
@@ -93,9 +91,7 @@ def margin_gradients(net: Network, x: np.ndarray, C: np.ndarray) -> tuple[np.nda
     v = np.asarray(x, dtype=np.float64).reshape(-1)
     n = len(net.layers)
     srcs = [net.sources_of(i) for i in range(n)]
-    outs: list[np.ndarray] = []
-    for i, layer in enumerate(net.layers):
-        outs.append(apply_layer(layer, *(v if j == INPUT else outs[j] for j in srcs[i])))
+    outs = layer_outputs(net, v)
     grads: dict[int, np.ndarray] = {n - 1: np.asarray(C, dtype=np.float64)}
     g_in = np.zeros((C.shape[0], v.shape[0]))
     for i in range(n - 1, -1, -1):
@@ -115,9 +111,7 @@ def margin_gradients(net: Network, x: np.ndarray, C: np.ndarray) -> tuple[np.nda
 def linear_radius(net: Network, x: np.ndarray, label: int) -> float:
     """min over j != label of (y_label - y_j) / ||d(y_label - y_j)/dx||_1 at x: the L-infinity
     radius at which the margins of the network's linearisation at x reach 0 (inf if flat)."""
-    n = net.n_outputs
-    C = -np.eye(n)[[j for j in range(n) if j != label]]
-    C[:, label] = 1.0
+    C = margin_matrix(net.n_outputs, label)
     grads, logits = margin_gradients(net, x, C)
     margins = C @ logits
     slopes = np.abs(grads).sum(axis=1)

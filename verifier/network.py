@@ -177,10 +177,15 @@ def _forward_one(net: Network, v: np.ndarray) -> np.ndarray:
         for layer in net.layers:
             v = apply_layer(layer, v)
         return v
+    return layer_outputs(net, v)[-1]
+
+
+def layer_outputs(net: Network, v: np.ndarray) -> list[np.ndarray]:
+    """Every layer's output for one flat input, in layer order (the last is the logits)."""
     outs: list[np.ndarray] = []
     for i, layer in enumerate(net.layers):
-        outs.append(apply_layer(layer, *(v if j == INPUT else outs[j] for j in net.sources[i])))
-    return outs[-1]
+        outs.append(apply_layer(layer, *(v if j == INPUT else outs[j] for j in net.sources_of(i))))
+    return outs
 
 
 def apply_layer(layer: Layer, v: np.ndarray, *more: np.ndarray) -> np.ndarray:
@@ -225,6 +230,11 @@ def _conv_forward(layer: Conv, v: np.ndarray) -> np.ndarray:
 
 
 def _pool_forward(layer: MaxPool, v: np.ndarray) -> np.ndarray:
+    return pool_windows(layer, v).max(axis=0).reshape(-1)
+
+
+def pool_windows(layer: MaxPool, v: np.ndarray) -> np.ndarray:
+    """[kh * kw, c, oh, ow]: tap t = i * kw + j of every output's window (padding -inf)."""
     c, h, w = layer.in_shape
     _, oh, ow = layer.out_shape
     kh, kw = layer.kernel
@@ -232,11 +242,8 @@ def _pool_forward(layer: MaxPool, v: np.ndarray) -> np.ndarray:
     pt, pl, pb, pr = layer.pads
     img = np.full((c, h + pt + pb, w + pl + pr), -np.inf)
     img[:, pt : pt + h, pl : pl + w] = v.reshape(c, h, w)
-    out = np.full((c, oh, ow), -np.inf)
-    for i in range(kh):
-        for j in range(kw):
-            out = np.maximum(out, img[:, i : i + sh * oh : sh, j : j + sw * ow : sw])
-    return out.reshape(-1)
+    return np.stack([img[:, i : i + sh * oh : sh, j : j + sw * ow : sw]
+                     for i in range(kh) for j in range(kw)])
 
 
 # ----------------------------------------------------------------------------- ONNX import
