@@ -29,12 +29,12 @@ Search = Generator[float, float, tuple[float, int]]
 
 @dataclass(frozen=True)
 class SearchHint:
-    """What is known of an input before any pass: its margin m0 at x (a forward pass), the
-    network's activation depth (verifier.gradient.activation_depth), and the L-infinity
-    radius of the network's linearisation at x (verifier.gradient.linear_radius; None when
-    not computed)."""
+    """What is known of an input before any pass: its margin m0 at x (a forward pass; None:
+    the search probes eps 0 for it), the network's activation depth
+    (verifier.gradient.activation_depth), and the L-infinity radius of the network's
+    linearisation at x (verifier.gradient.linear_radius; None when not computed)."""
 
-    m0: float
+    m0: float | None = None
     depth: int = 0
     linear: float | None = None
 
@@ -78,9 +78,9 @@ def secant_search(up: float, tol: float, hint: SearchHint | None = None) -> Sear
     """
     n = grid_size(up, tol)  # grid points 0..n; n (= up) is never tested, as in bisection
     passes = 0
-    hint = hint or SearchHint(math.nan)
+    hint = hint or SearchHint()
     m0 = hint.m0
-    if math.isnan(m0):
+    if m0 is None:
         m0 = yield 0.0
         passes = 1
         if m0 <= 0:

@@ -98,16 +98,19 @@ def _point_margin(logits: np.ndarray, label: int) -> float:
     return ys[label] - max(others) if others else float("inf")
 
 
-def search_hint(plan: Plan, x: np.ndarray, logits: np.ndarray, label: int,
-                settings: VerifierSettings) -> SearchHint | None:
-    """What steers the search of one input: its margin at x, the network's activation depth
-    and, for the secant search on a deep network, the radius of its linearisation at x."""
+def search_hints(plan: Plan, xs: Sequence[np.ndarray], logits: np.ndarray,
+                 labels: Sequence[int], settings: VerifierSettings) -> list[SearchHint | None]:
+    """What steers each input's search: its margin at x, the network's activation depth and,
+    for the secant search on a deep network, the radius of its linearisation at x."""
     if settings.search != "secant":
-        return None
-    m0 = _point_margin(logits, label)
+        return [None] * len(xs)
     depth = activation_depth(plan.net)
-    deep = depth > SHALLOW and m0 > 0 and plan.net.n_outputs > 1
-    return SearchHint(m0, depth, linear_radius(plan.net, x, label) if deep else None)
+    hints: list[SearchHint | None] = []
+    for x, y, label in zip(xs, logits, labels, strict=True):
+        m0 = _point_margin(y, label)
+        deep = depth > SHALLOW and m0 > 0 and plan.net.n_outputs > 1
+        hints.append(SearchHint(m0, depth, linear_radius(plan.net, x, label) if deep else None))
+    return hints
 
 
 def radius_result(
@@ -122,7 +125,7 @@ def radius_result(
     logits = np.asarray(plan.net.forward(x), dtype=np.float64).reshape(-1)
     label = int(np.argmax(logits)) if label is None else int(label)
     search = SEARCH_FUNCTIONS[settings.search](
-        settings.up, settings.tol, search_hint(plan, x, logits, label, settings)
+        settings.up, settings.tol, search_hints(plan, [x], [logits], [label], settings)[0]
     )
     with single_threaded():
         radius, calls = run_search(search, margin_function(plan, x, label, settings))
@@ -140,8 +143,7 @@ def certified_radius(
 def _score_group(plan: Plan, xs: list[np.ndarray], labels: list[int], logits: np.ndarray,
                  settings: VerifierSettings) -> list[RadiusResult]:
     """Every input's search in lockstep: one round probes the next eps of each open search."""
-    hints = [search_hint(plan, x, y, label, settings)
-             for x, y, label in zip(xs, logits, labels, strict=True)]
+    hints = search_hints(plan, xs, logits, labels, settings)
     searches = [SEARCH_FUNCTIONS[settings.search](settings.up, settings.tol, h) for h in hints]
     fns = [margin_function(plan, x, label, settings) for x, label in zip(xs, labels, strict=True)]
     pending = {i: next(s) for i, s in enumerate(searches)}
