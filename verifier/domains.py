@@ -5,9 +5,10 @@ from __future__ import annotations
 from verifier.deeppoly import DEEPPOLY
 from verifier.deepzono import DEEPZONO
 from verifier.domain import Domain
+from verifier.interval import INTERVAL
 from verifier.settings import DOMAIN_NAMES
 
-DOMAINS: dict[str, Domain] = {d.name: d for d in (DEEPZONO, DEEPPOLY)}
+DOMAINS: dict[str, Domain] = {d.name: d for d in (DEEPZONO, DEEPPOLY, INTERVAL)}
 assert tuple(DOMAINS) == DOMAIN_NAMES, "verifier.settings.DOMAIN_NAMES lists the registry"
 
 

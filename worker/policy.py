@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from worker.validate import (
+    BudgetValidator,
     Decision,
     DistributionValidator,
-    ThresholdValidator,
 )
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: the CLI imports policies without loading the verifier
+    from verifier.decide import Proof
     from worker.profile import Profile
 
 __all__ = ["POLICIES", "PolicyValidator", "Signals", "logit_margins", "make_validator"]
@@ -26,22 +27,26 @@ __all__ = ["POLICIES", "PolicyValidator", "Signals", "logit_margins", "make_vali
 
 @dataclass(frozen=True)
 class Signals:
-    """What the verifier and the network say about one input (radius None: invalid)."""
+    """What the verifier and the network say about one input: its radius (policies that need
+    one), its decision at the budget (the threshold policy) and its logit margin."""
 
     radius: float | None
     margin: float | None = None
+    proof: Proof | None = None
 
 
 @dataclass(frozen=True)
 class PolicyValidator:
     """A policy bound to a profile: `step` decides one input and returns the next state;
-    rule is the underlying validator object (e.g. a ThresholdValidator)."""
+    rule is the underlying validator object (e.g. a BudgetValidator). A policy with a budget
+    decides from a Proof at that budget and needs no radius."""
 
     name: str
     rule: Any
     initial: Any
     decide: Callable[[Any, Signals, int | None], tuple[Decision, Any]]
     needs_margin: bool = False
+    budget: float | None = None
 
     def initial_state(self) -> Any:
         """The state of a new stream."""
@@ -55,8 +60,10 @@ class PolicyValidator:
 
 
 def _threshold(profile: Profile) -> PolicyValidator:
-    v = ThresholdValidator(profile.threshold)
-    return PolicyValidator("threshold", v, None, lambda s, sig, off: v.step(s, sig.radius, off))
+    budget = profile.guaranteed_budget
+    v = BudgetValidator(profile.threshold if budget is None else budget)
+    return PolicyValidator("threshold", v, None, lambda s, sig, off: (v.check(sig.proof), s),
+                           budget=v.budget)
 
 
 def _distribution(profile: Profile) -> PolicyValidator:

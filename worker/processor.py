@@ -12,15 +12,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from verifier.decide import Proof, cascade, stage_plans
+from verifier.runtime import single_threaded
 from verifier.score import RadiusResult, radius_result
-from verifier.settings import VerifierSettings
+from verifier.settings import VERIFIER_VERSION, VerifierSettings
 from verifier.walk import Plan
 from worker.formats.codec import DEFAULT_STREAM, InputRecord, Invalid, Limits, Verdict, decode_input
 from worker.policy import Signals, logit_margins, make_validator
 from worker.profile import Profile
 from worker.validate import WindowState
 
-__all__ = ["BatchResult", "DeadLetter", "Processor", "Record", "Scorer", "Started", "process_all"]
+__all__ = ["BatchResult", "DeadLetter", "Processor", "Record", "Scorer", "Started",
+           "certificate_of", "process_all"]
 
 @dataclass(frozen=True)
 class Record:
@@ -60,7 +63,7 @@ class Started:
 
     records: list[Record]
     decoded: list[InputRecord | Invalid]
-    scores: Iterator[RadiusResult | Exception]
+    scores: Iterator[RadiusResult | Proof | Exception]
     at: float
 
     @property
@@ -70,25 +73,41 @@ class Started:
 
 
 class Scorer:
-    """Certified radii of many inputs on a pool of threads (the kernels release the GIL)."""
+    """Certified radii, or decisions at a budget, of many inputs on a pool of threads (the
+    kernels release the GIL)."""
 
     def __init__(self, plan: Plan, settings: VerifierSettings, jobs: int):
         self.plan, self.settings = plan, settings
+        self.stages = stage_plans(plan.net, settings)
         self.pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="radius")
 
-    def score(self, xs: Sequence[np.ndarray]) -> list[RadiusResult | Exception]:
-        """Radius results in input order; an input whose verification fails yields its error,
-        so one bad input never takes the batch (or the worker) down."""
-        return list(self.iter_score(xs))
+    def score(self, xs: Sequence[np.ndarray],
+              budget: float | None = None) -> list[RadiusResult | Proof | Exception]:
+        """Radius results (budget None) or decisions at the budget, in input order; an input
+        whose verification fails yields its error, so one bad input never takes the batch (or
+        the worker) down."""
+        return list(self.iter_score(xs, budget))
 
-    def iter_score(self, xs: Sequence[np.ndarray]) -> Iterator[RadiusResult | Exception]:
+    def iter_score(self, xs: Sequence[np.ndarray],
+                   budget: float | None = None) -> Iterator[RadiusResult | Proof | Exception]:
         """Like score, but all inputs are submitted at once and results are yielded in order as
         they finish, so the caller can validate early ones while later ones are verified."""
-        return self.pool.map(self._one, xs)
+        if budget is None:
+            return self.pool.map(self._radius, xs)
+        return self.pool.map(lambda x: self._decide(x, budget), xs)
 
-    def _one(self, x: np.ndarray) -> RadiusResult | Exception:
+    def _radius(self, x: np.ndarray) -> RadiusResult | Exception:
         try:
             return radius_result(self.plan, x, self.settings)
+        except Exception as exc:  # reported as that input's verdict, never raised
+            return exc
+
+    def _decide(self, x: np.ndarray, budget: float) -> Proof | Exception:
+        try:
+            x = np.asarray(x, dtype=np.float64).reshape(-1)
+            label = self.plan.net.predict(x)
+            with single_threaded():
+                return cascade(self.stages, x, label, self.settings)(budget)
         except Exception as exc:  # reported as that input's verdict, never raised
             return exc
 
@@ -139,7 +158,8 @@ class Processor:
             decode_input(r.key, r.value if r.value is not None else b"", self.limits, size)
             for r in ordered
         ]
-        scores = self.scorer.iter_score([d.x for d in decoded if isinstance(d, InputRecord)])
+        scores = self.scorer.iter_score([d.x for d in decoded if isinstance(d, InputRecord)],
+                                        self.validator.budget)
         return Started(ordered, decoded, scores, at)
 
     def finish(self, batch: Started, states: dict[tuple[int, str], WindowState]) -> BatchResult:
@@ -176,27 +196,50 @@ class Processor:
                 margin = float(logit_margins(self.znet.net.forward(dec.x.reshape(-1)))[0])
             slot = (rec.partition, dec.stream)
             state = current.get(slot) or self.validator.initial_state()
-            decision, state = self.validator.step(state, Signals(score.radius, margin), rec.offset)
+            proof = score if isinstance(score, Proof) else None
+            radius = None if proof else score.radius
+            predicted = proof.label if proof else score.predicted
+            decision, state = self.validator.step(state, Signals(radius, margin, proof), rec.offset)
             if state is not None:
                 current[slot] = state
                 result.states[slot] = state
             verdict = self._verdict(
-                dec.id, dec.stream, decision.verdict, score.predicted, score.radius, decision.rule,
+                dec.id, dec.stream, decision.verdict, predicted, radius, decision.rule,
                 decision.reason, decision.pvalue, source, latency, dec.label, dec.meta,
+                self.certificate(score, dec.preprocessing),
             )
             result.verdicts.append((key, verdict))
         return result
 
+    def certificate(self, score: RadiusResult | Proof, preprocessing: str) -> dict:
+        """What was proved for one input (`certificate_of`)."""
+        return certificate_of(score, self.scorer.settings, self.znet.net.sha256, preprocessing)
+
     def _verdict(
         self, id_, stream, verdict, predicted, radius, rule, reason, pvalue, source, latency,
-        label, meta,
+        label, meta, cert=None,
     ) -> Verdict:
         return Verdict(
             id=id_, stream=stream, verdict=verdict, predicted=predicted, radius=radius, rule=rule,
             reason=reason, pvalue=pvalue, model=self.znet.net.sha256, profile=self.profile.name,
             source=source, latency_ms=round(latency, 3), worker=self.worker_id, label=label,
-            meta=meta,
+            meta=meta, certificate=cert,
         )
+
+
+def certificate_of(score: RadiusResult | Proof, settings: VerifierSettings, model_sha256: str,
+                   preprocessing: str) -> dict:
+    """A verdict's certificate, enough to re-check it offline (`radiusguard recheck`): the
+    clipped L-infinity ball of radius eps around the decoded input keeps class `label`, proved
+    by `stage` (None: not proved) of this verifier version, for this model. A radius r
+    certifies the r-ball by the settings' domain."""
+    if isinstance(score, Proof):
+        eps, proved, stage, label = score.eps, score.proved, score.stage, score.label
+    else:
+        eps, proved, stage, label = score.radius, score.radius > 0, settings.domain, score.predicted
+    return {"eps": float(eps), "proved": bool(proved), "label": int(label),
+            "stage": stage if proved else None, "verifier_version": VERIFIER_VERSION,
+            "model_sha256": model_sha256, "norm": "linf", "preprocessing": preprocessing}
 
 
 def process_all(processor: Processor, records: Iterable[Record], batch: int = 32) -> BatchResult:

@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from verifier.network import Network
 from verifier.score import score_many
-from verifier.settings import VerifierSettings
+from verifier.settings import STAGES, VerifierSettings
+from worker.guarantee import false_alarm_threshold, fit_budget
 from worker.policy import POLICIES as _REGISTRY
 from worker.policy import logit_margins, make_validator
 from worker.validate import (
@@ -67,7 +68,9 @@ class ProfileError(ValueError):
 class CalibrationStats:
     """What calibration saw: n correctly classified inputs (of n_inputs) give the valid radii.
 
-    false_alarm_measured is the threshold rule's rate on all n valid radii;
+    false_alarm_measured is the radius threshold rule's rate on all n valid radii;
+    false_alarm_at_budget the threshold policy's: the share of the n not proved at the
+    guaranteed budget by the stages serving runs (proved_by counts each stage's proofs);
     false_alarm_distribution is Algorithm 2's rate replayed over the valid radii after the seed.
     """
 
@@ -80,6 +83,8 @@ class CalibrationStats:
     false_alarm_measured: float
     false_alarm_distribution: float | None = None
     false_alarm_consistency: float | None = None
+    false_alarm_at_budget: float | None = None
+    proved_by: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,9 @@ class AttackStats:
 @dataclass(frozen=True)
 class Profile:
     """Validation parameters for one model; policy is the default (a name in POLICIES);
-    consistency is None in profiles calibrated before that policy existed."""
+    consistency is None in profiles calibrated before that policy existed. guaranteed_budget
+    is the eps at which the threshold policy proves every input it accepts (None in older
+    profiles: their radius threshold is used as the budget)."""
 
     name: str
     model_sha256: str
@@ -116,6 +123,7 @@ class Profile:
     calibration: CalibrationStats
     attacks: Mapping[str, AttackStats] = field(default_factory=dict)
     consistency: ConsistencyValidator | None = None
+    guaranteed_budget: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seed_window", tuple(float(r) for r in self.seed_window))
@@ -126,6 +134,9 @@ class Profile:
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
         if self.window_size < MIN_WINDOW:
             raise ValueError(f"window_size must be >= {MIN_WINDOW}, got {self.window_size}")
+        budget = self.guaranteed_budget
+        if budget is not None and not (math.isfinite(budget) and budget >= 0):
+            raise ValueError(f"guaranteed_budget must be finite and >= 0, got {budget}")
         if len(self.seed_window) != self.window_size:
             raise ValueError(
                 f"seed_window has {len(self.seed_window)} radii, window_size is {self.window_size}"
@@ -228,7 +239,9 @@ def profile_from_dict(data: Any) -> Profile:
                 tol=ver.get("tol", float),
                 input_lower=ver.get("input_lower", float, optional=True, default=None),
                 input_upper=ver.get("input_upper", float, optional=True, default=None),
+                stages=tuple(_stages(ver.get("stages", list, default=list(STAGES)))),
             ),
+            guaranteed_budget=top.get("guaranteed_budget", float, optional=True, default=None),
             calibration=CalibrationStats(
                 n=cal.get("n", int),
                 n_inputs=cal.get("n_inputs", int),
@@ -243,6 +256,10 @@ def profile_from_dict(data: Any) -> Profile:
                 false_alarm_consistency=cal.get(
                     "false_alarm_consistency", float, optional=True, default=None
                 ),
+                false_alarm_at_budget=cal.get(
+                    "false_alarm_at_budget", float, optional=True, default=None
+                ),
+                proved_by=_proved_by(cal.get("proved_by", dict, optional=True, default=None)),
             ),
             attacks=attacks,
             consistency=_consistency_from(top.get("consistency", dict, optional=True,
@@ -310,24 +327,6 @@ def check_settings(profile: Profile, domain: str | None = None, search: str | No
             )
 
 
-def false_alarm_threshold(radii: Sequence[float] | np.ndarray, max_false_alarm: float) -> float:
-    """The largest t with #{r < t} / n <= max_false_alarm: sorted(radii)[k] (0-based), where k
-    is the largest integer with k / n <= max_false_alarm. Accepting r >= t rejects <= that share.
-    """
-    r = np.sort(np.asarray(radii, dtype=np.float64))
-    n = r.size
-    if n == 0:
-        raise ValueError("no radii to take a threshold from")
-    if not 0.0 <= max_false_alarm < 1.0:
-        raise ValueError(f"max_false_alarm must be in [0, 1), got {max_false_alarm}")
-    k = math.floor(max_false_alarm * n)
-    while k + 1 < n and (k + 1) / n <= max_false_alarm:
-        k += 1
-    while k > 0 and k / n > max_false_alarm:
-        k -= 1
-    return float(r[k])
-
-
 def roc_curve(
     valid: Sequence[float] | np.ndarray, adversarial: Sequence[float] | np.ndarray
 ) -> tuple[tuple[tuple[float, float, float], ...], float]:
@@ -363,6 +362,7 @@ def calibrate(
     policy: str = "threshold",
     sigma0: float | None = None,
     sigma1_grid: Sequence[float] = SIGMA1_GRID,
+    budget: float | None = None,
 ) -> Profile:
     """Fit a profile on valid inputs (uint8 scaled by 1/255, or floats in [0, 1]).
 
@@ -377,8 +377,13 @@ def calibrate(
     with the fewest rejections).
     The consistency policy (`fit_consistency`) is fitted to the same valid radii and the
     logit margins of the same inputs. Each attack set is scored against the result.
+    The guaranteed budget (the threshold policy's eps, `worker.guarantee.fit_budget`) is
+    `budget` when given (it is then the radius threshold too), else the largest grid eps at
+    which the serving decisions reject at most max_false_alarm of the valid inputs.
     """
     settings = settings or VerifierSettings()
+    if budget is not None and not (math.isfinite(budget) and budget >= 0):
+        raise ValueError(f"budget must be a finite number >= 0, got {budget}")
     if not 0.0 <= max_false_alarm < 1.0:
         raise ValueError(f"max_false_alarm must be in [0, 1), got {max_false_alarm}")
     if policy not in POLICIES:
@@ -399,9 +404,12 @@ def calibrate(
             f"{n} of {len(xs)} inputs are classified correctly; calibration needs at least "
             f"window_size + 1 = {window_size + 1}"
         )
-    threshold = false_alarm_threshold(radii, max_false_alarm)
+    threshold = false_alarm_threshold(radii, max_false_alarm) if budget is None else budget
     correct_x = np.array([x for x, res, label in zip(xs, results, y, strict=True)
                           if res.predicted == int(label)])
+    fit = fit_budget(net, correct_x, settings, budget=budget,
+                     max_false_alarm=max_false_alarm if budget is None else None, jobs=jobs)
+    settings = fit.settings  # the stages in the order that costs least on these inputs
     margins = logit_margins(net.forward(correct_x))
     consistency = fit_consistency(radii, margins, max_false_alarm)
     adv_inputs = {attack: _inputs(x_adv, net.input_size, f"attack {attack!r}")
@@ -429,6 +437,8 @@ def calibrate(
         false_alarm_distribution=fa_dist,
         false_alarm_consistency=float(np.mean(consistency.scores(radii, margins)
                                               > consistency.cutoff)),
+        false_alarm_at_budget=fit.false_alarm,
+        proved_by=fit.proved_by,
     )
     attack_stats = {}
     for attack, adv in adversarial.items():
@@ -458,6 +468,7 @@ def calibrate(
         calibration=stats,
         attacks=attack_stats,
         consistency=consistency,
+        guaranteed_budget=fit.budget,
     )
 
 
@@ -560,6 +571,20 @@ def _radii(
             out += score_many(net, part, settings, jobs)
             bar.update(len(part))
     return out
+
+
+def _proved_by(raw: dict | None) -> dict[str, int] | None:
+    if raw is None:
+        return None
+    if not all(isinstance(k, str) and isinstance(v, int) for k, v in raw.items()):
+        raise ProfileError("field 'calibration.proved_by' must map stage names to counts")
+    return dict(raw)
+
+
+def _stages(raw: list) -> list[str]:
+    if not all(isinstance(s, str) for s in raw):
+        raise ProfileError("field 'verifier.stages' must be a list of domain names")
+    return raw
 
 
 def _is_num(v: Any) -> bool:

@@ -19,7 +19,8 @@ from worker.policy import POLICIES, Signals, logit_margins, make_validator
 
 __all__ = ["COLUMNS", "Scored", "add_arguments", "cmd_score", "score_inputs"]
 
-COLUMNS = ("index", "predicted", "radius", "verdict", "rule", "pvalue", "score")
+COLUMNS = ("index", "predicted", "radius", "verdict", "rule", "pvalue", "score", "eps", "proved",
+           "stage", "verifier_version", "model_sha256", "preprocessing")
 STREAM = "score"
 
 
@@ -34,6 +35,12 @@ class Scored:
     rule: str
     pvalue: float | None
     score: float | None = None
+    eps: float | None = None
+    proved: int | None = None
+    stage: str | None = None
+    verifier_version: int | None = None
+    model_sha256: str | None = None
+    preprocessing: str | None = None
 
 
 def score_inputs(
@@ -71,8 +78,16 @@ def score_inputs(
         scores = [None if v.radius is None else
                   validator.step(None, Signals(v.radius, float(m)), i)[0].score
                   for i, (v, m) in enumerate(zip(verdicts, margins, strict=True))]
-    return [Scored(i, v.predicted, v.radius, v.verdict, v.rule, v.pvalue, score)
+    return [Scored(i, v.predicted, v.radius, v.verdict, v.rule, v.pvalue, score,
+                   *_certificate_columns(v.certificate))
             for i, (v, score) in enumerate(zip(verdicts, scores, strict=True))]
+
+
+def _certificate_columns(cert: dict | None) -> tuple:
+    if cert is None:
+        return (None,) * 6
+    return (cert["eps"], int(cert["proved"]), cert["stage"], cert["verifier_version"],
+            cert["model_sha256"], cert["preprocessing"])
 
 
 def _fmt(value: float | int | None) -> str:
@@ -84,9 +99,11 @@ def _fmt(value: float | int | None) -> str:
 
 
 def to_csv(rows: list[Scored]) -> str:
-    """CSV text: index,predicted,radius,verdict,rule,pvalue,score (empty: not applicable)."""
+    """CSV text, one row per input in COLUMNS' order (empty: not applicable); the last six are
+    the verdict's certificate."""
     lines = [",".join(COLUMNS)]
-    lines += [",".join(_fmt(getattr(r, c)) for c in COLUMNS) for r in rows]
+    lines += [",".join(repr(r.eps) if c == "eps" and r.eps is not None else _fmt(getattr(r, c))
+                       for c in COLUMNS) for r in rows]  # eps exactly: recheck proves it again
     return "\n".join(lines) + "\n"
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 __all__ = [
     "MIN_WINDOW",
+    "BudgetValidator",
     "ConsistencyValidator",
     "Decision",
     "DistributionValidator",
@@ -150,6 +151,34 @@ class ThresholdValidator:
     ) -> tuple[Decision, WindowState | None]:
         """Same signature as DistributionValidator.step; the state passes through unchanged."""
         return self.check(radius), state
+
+
+@dataclass(frozen=True)
+class BudgetValidator:
+    """Accept iff a sound stage proved the input robust at the budget: rule "threshold".
+
+    It needs no radius, only the decision at the budget (verifier.decide.Proof), and it is
+    what makes the guarantee: no accepted input has another class within the budget.
+    """
+
+    budget: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.budget) and self.budget >= 0):
+            raise ValueError(f"budget must be a finite number >= 0, got {self.budget}")
+
+    def check(self, proof) -> Decision:
+        """The decision for one Proof at the budget (None: the input was invalid)."""
+        if proof is None:
+            return _NO_RADIUS
+        if proof.eps != self.budget:
+            raise ValueError(f"a proof at eps {proof.eps} cannot decide at budget {self.budget}")
+        if proof.proved:
+            return Decision("accept", "threshold",
+                            f"proved robust at eps {self.budget:.6g} by {proof.stage}")
+        return Decision("reject", "threshold",
+                        f"not proved robust at eps {self.budget:.6g} (best margin "
+                        f"{proof.margin:.4g} after {proof.passes} stages)")
 
 
 @dataclass(frozen=True)

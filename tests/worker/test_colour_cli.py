@@ -90,6 +90,12 @@ def test_calibrate_and_score_in_both_layouts_agree(files, capsys):
         verdicts.append(_rows(capsys.readouterr().out))
     assert profiles[0] == profiles[1]
     assert verdicts[0] == verdicts[1] and len(verdicts[0]) == 20
-    want = [r.radius for r in score_many(load_onnx(model), x.reshape(20, -1) / 255.0, jobs=1)]
-    assert [float(r["radius"]) for r in verdicts[0]] == pytest.approx(want, rel=1e-5)
+    budget = profiles[0]["guaranteed_budget"]
+    assert all(float(r["eps"]) == budget for r in verdicts[0])  # decided at the budget
+    assert all((r["stage"] != "") == (r["verdict"] == "accept") for r in verdicts[0])
     assert {r["verdict"] for r in verdicts[0]} == {"accept", "reject"}
+    assert main(["score", str(model), str(tmp / "nhwc.npz"), "--profile", str(out),
+                 "--jobs", "1", "--policy", "distribution"]) == 0
+    with_radii = _rows(capsys.readouterr().out)
+    want = [r.radius for r in score_many(load_onnx(model), x.reshape(20, -1) / 255.0, jobs=1)]
+    assert [float(r["radius"]) for r in with_radii] == pytest.approx(want, rel=1e-5)

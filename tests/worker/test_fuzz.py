@@ -121,11 +121,14 @@ def _check_result(
         assert (v.id, v.stream) == (want.id, want.stream)
         if want.valid:
             assert v.verdict in ("accept", "reject"), (v, rec)
-            assert v.radius is not None and v.radius >= 0 and v.predicted in (0, 1, 2)
+            cert = v.certificate
+            assert cert is not None and cert["eps"] >= 0 and v.predicted == cert["label"]
+            assert v.predicted in (0, 1, 2) and (v.radius is None or v.radius >= 0)
             assert v.label == want.label and _packed(v.meta) == _packed(want.meta)
             assert (rec.partition, rec.offset) not in letters
         else:
-            assert (v.verdict, v.rule, v.radius) == ("invalid", "decode", None), v
+            assert (v.verdict, v.rule, v.radius, v.certificate) == ("invalid", "decode", None,
+                                                                      None), v
             dl = letters[(rec.partition, rec.offset)]
             assert dl.source is rec and dl.error == v.reason and v.reason
             assert dl.value is rec.value and dl.key is rec.key, "dead letter not byte for byte"

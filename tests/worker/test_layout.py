@@ -137,11 +137,12 @@ def test_colour_calibration_and_worker_processing(tmp_path):
         for items in (x[:6], x[:6].transpose(0, 2, 3, 1)):
             recs = [Record("in", 0, i, *encode_input(f"i{i}", v, stream="cam", dtype="uint8"))
                     for i, v in enumerate(items)]
-            verdicts.append([(v.predicted, v.radius, v.verdict)
+            verdicts.append([(v.predicted, v.certificate["proved"], v.verdict)
                              for _, v in process_all(proc, recs).verdicts])
         bad = Record("in", 0, 0, *encode_input("bad", x[0].reshape(5, 4, 3), dtype="uint8"))
         [(_, invalid)] = process_all(proc, [bad]).verdicts
     finally:
         scorer.close()
-    assert verdicts[0] == verdicts[1] and all(r > 0 for _, r, _ in verdicts[0])
+    assert verdicts[0] == verdicts[1]
+    assert all(proved == (verdict == "accept") for _, proved, verdict in verdicts[0])
     assert invalid.verdict == "invalid" and "shape [5, 4, 3]" in invalid.reason

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from verifier.decide import Proof
 from verifier.network import load_onnx
 from verifier.score import score_many
 from worker.policy import POLICIES, Signals, logit_margins, make_validator
@@ -53,12 +54,25 @@ def test_every_policy_is_built_from_the_profile(profile) -> None:
     for name in POLICIES:
         v = make_validator(profile, name)
         assert v.name == name
-        decision, _ = v.step(v.initial_state(), Signals(profile.threshold * 2, 8.0))
+        proof = None if v.budget is None else Proof(v.budget, 0, True, "deepzono", 1.0, 1)
+        decision, _ = v.step(v.initial_state(), Signals(profile.threshold * 2, 8.0, proof))
         assert decision.verdict in ("accept", "reject")
         assert v.step(v.initial_state(), Signals(None))[0].verdict == "invalid"
     assert make_validator(profile).name == profile.policy
     with pytest.raises(ValueError, match="policy must be one of"):
         make_validator(profile, "vibes")
+
+
+def test_the_threshold_policy_decides_at_the_guaranteed_budget(profile) -> None:
+    v = make_validator(profile, "threshold")
+    assert v.budget == profile.guaranteed_budget is not None
+    proved = Proof(v.budget, 3, True, "interval", 0.5, 1)
+    assert v.step(None, Signals(None, None, proved))[0].verdict == "accept"
+    failed = Proof(v.budget, 3, False, None, -0.2, 2)
+    decision = v.step(None, Signals(None, None, failed))[0]
+    assert decision.verdict == "reject" and "not proved" in decision.reason
+    with pytest.raises(ValueError, match="cannot decide"):  # a proof of another ball
+        v.step(None, Signals(None, None, Proof(v.budget * 0.9, 3, True, "interval", 0.5, 1)))
 
 
 def test_consistency_false_alarms_on_held_out_valid_inputs(fnn, data, profile) -> None:

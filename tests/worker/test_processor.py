@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from verifier.decide import decide_many
 from verifier.network import load_onnx
 from verifier.score import RadiusResult, plan_for, score_many
 from verifier.walk import Plan
@@ -84,9 +85,15 @@ def _per_stream(verdicts) -> dict[str, list[tuple]]:
 
 def _expected(znet: Plan, profile: Profile, images: np.ndarray, policy: str,
               stream: str) -> list[tuple]:
-    radii = score_many(znet, images.reshape(len(images), -1) / 255.0, jobs=2)
+    xs = images.reshape(len(images), -1) / 255.0
+    if policy == "threshold":  # a decision at the budget by the profile's stages, no radius
+        budget = profile.validator(policy).budget  # no guaranteed_budget: the threshold
+        proofs = decide_many(znet.net, xs, budget, profile.verifier, jobs=2)
+        return [(f"{stream}-{i}", "accept" if p.proved else "reject", None, "threshold", None)
+                for i, p in enumerate(proofs)]
+    radii = score_many(znet, xs, jobs=2)
     validator = profile.validator(policy)
-    state = profile.initial_state() if policy == "distribution" else None
+    state = profile.initial_state()
     out = []
     for i, res in enumerate(radii):
         d, state = validator.step(state, res.radius)
@@ -195,8 +202,10 @@ class _FailingScorer:
     def __init__(self, real: Scorer):
         self.real = real
 
-    def iter_score(self, xs):
-        for x, res in zip(xs, self.real.score(xs), strict=True):
+    settings = property(lambda self: self.real.settings)
+
+    def iter_score(self, xs, budget=None):
+        for x, res in zip(xs, self.real.score(xs, budget), strict=True):
             yield RuntimeError("kernel failure") if x.reshape(-1)[0] == 1.0 else res
 
 

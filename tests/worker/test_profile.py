@@ -25,7 +25,7 @@ from worker.profile import (
     roc_curve,
     save_profile,
 )
-from worker.validate import DistributionValidator, ThresholdValidator, replay
+from worker.validate import BudgetValidator, DistributionValidator, replay
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 ONNX = MODELS / "fnn-3x30-relu.onnx"
@@ -211,12 +211,14 @@ def test_save_load_round_trip(tmp_path: Path, tiny_profile: Profile) -> None:
     data = json.loads(path.read_text())
     assert data["format"] == 1 and data["verifier"] == {
         "domain": "deepzono", "search": "secant", "up": 0.256, "tol": 0.001,
-        "input_lower": None, "input_upper": None}
+        "input_lower": None, "input_upper": None, "stages": ["deepzono", "deeppoly", "interval"]}
     assert list(tmp_path.iterdir()) == [path]
 
 
 def test_profile_validators_use_its_parameters(tiny_profile: Profile) -> None:
-    assert tiny_profile.validator() == ThresholdValidator(tiny_profile.threshold)
+    budget = tiny_profile.guaranteed_budget
+    assert tiny_profile.validator() == BudgetValidator(
+        tiny_profile.threshold if budget is None else budget)
     d = tiny_profile.validator("distribution")
     assert d == DistributionValidator(tiny_profile.sigma0, tiny_profile.sigma1, 20)
     assert tiny_profile.initial_state().radii == tiny_profile.seed_window

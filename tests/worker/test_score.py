@@ -14,7 +14,6 @@ import pytest
 
 from verifier.network import load_onnx
 from verifier.score import plan_for, score_many
-from verifier.settings import VerifierSettings
 from worker.cli import main
 from worker.formats.codec import encode_input
 from worker.policy import POLICIES, logit_margins
@@ -60,21 +59,30 @@ def test_score_gives_the_processors_verdicts(setup, policy, capsys) -> None:
     rows = _csv(capsys.readouterr().out)
     from worker.profile import load_profile
 
-    znet = plan_for(load_onnx(FNN))
-    scorer = Scorer(znet, VerifierSettings(), 2)
+    profile = load_profile(prof_path)
+    znet = plan_for(load_onnx(FNN), profile.verifier)
+    scorer = Scorer(znet, profile.verifier, 2)
     records = [Record("t", 3, 100 + i, *encode_input(f"cam-{i}", x, stream="cam", dtype="uint8"))
                for i, x in enumerate(stream)]
     try:
-        ref = process_all(Processor(znet, load_profile(prof_path), policy, scorer), records, 7)
+        ref = process_all(Processor(znet, profile, policy, scorer), records, 7)
     finally:
         scorer.close()
     assert len(rows) == len(ref.verdicts) == 48
-    assert list(rows[0]) == ["index", "predicted", "radius", "verdict", "rule", "pvalue", "score"]
+    assert list(rows[0]) == ["index", "predicted", "radius", "verdict", "rule", "pvalue", "score",
+                             "eps", "proved", "stage", "verifier_version", "model_sha256",
+                             "preprocessing"]
     for i, (row, (_, v)) in enumerate(zip(rows, ref.verdicts, strict=True)):
         assert int(row["index"]) == i
         assert (int(row["predicted"]), row["verdict"], row["rule"]) == (
             v.predicted, v.verdict, v.rule)
-        assert float(row["radius"]) == pytest.approx(v.radius, rel=1e-5)
+        assert _num(row["radius"]) == (None if v.radius is None else
+                                       pytest.approx(v.radius, rel=1e-5))
+        cert = v.certificate
+        assert (float(row["eps"]), bool(int(row["proved"])), row["stage"] or None) == (
+            cert["eps"], cert["proved"], cert["stage"])
+        assert (int(row["verifier_version"]), row["model_sha256"]) == (
+            cert["verifier_version"], cert["model_sha256"])
         p = _num(row["pvalue"])
         if v.pvalue is None or math.isnan(v.pvalue):
             assert p is None or math.isnan(p)

@@ -1,4 +1,7 @@
-"""Wire format version 1: msgpack input records in, msgpack verdict records out.
+"""Wire format version 2: msgpack input records in, msgpack verdict records out.
+
+Version 2 adds to each verdict ``format`` (2) and ``certificate``: what was proved, so a
+decision can be re-checked offline; readers take version 1 verdicts (no such fields) as well.
 
 An input record's key is its stream id (UTF-8; no key means stream ``_default``) and its value
 a msgpack map with ``id``, ``x`` ({dtype, shape, data}: C-order little-endian raw bytes, no
@@ -24,6 +27,7 @@ __all__ = [
     "DEFAULT_STREAM",
     "DTYPES",
     "VERDICTS",
+    "VERDICT_FORMAT",
     "InputRecord",
     "Invalid",
     "Limits",
@@ -42,6 +46,8 @@ DTYPES: dict[str, np.dtype] = {
     "float64": np.dtype("<f8"),
 }
 VERDICTS = ("accept", "reject", "invalid")
+VERDICT_FORMAT = 2  # the version this module writes; decode_verdict reads 1 and 2
+VERDICT_FORMATS = (1, 2)
 _META_LEAVES = (type(None), bool, int, float, str, bytes)
 
 
@@ -75,6 +81,7 @@ class InputRecord:
     ts: int | None = None
     label: int | None = None
     meta: dict | None = None
+    preprocessing: str = "float64"  # how the wire values became x: "uint8/255", layout moves
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,7 @@ class Verdict:
     worker: str
     label: int | None = None
     meta: dict | None = None
+    certificate: Mapping[str, Any] | None = None  # what was proved (None: nothing, invalid)
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -135,6 +143,8 @@ class Verdict:
             out["label"] = int(self.label)
         if self.meta is not None:
             out["meta"] = self.meta
+        out["format"] = VERDICT_FORMAT
+        out["certificate"] = None if self.certificate is None else dict(self.certificate)
         return out
 
 
@@ -154,6 +164,10 @@ def decode_verdict(data: bytes) -> dict[str, Any]:
     missing = [k for k in ("id", "stream", "verdict", "rule", "reason") if k not in obj]
     if missing:
         raise ValueError(f"verdict lacks fields {missing}")
+    obj.setdefault("format", 1)
+    if obj["format"] not in VERDICT_FORMATS:
+        raise ValueError(f"verdict format {obj['format']!r} is not one of {VERDICT_FORMATS}")
+    obj.setdefault("certificate", None)
     return obj
 
 
@@ -244,13 +258,13 @@ def _decode(
     if key_error:
         return Invalid(key_error, rid, stream)
     try:
-        x, shape = _decode_x(obj.get("x"), limits, expected_size)
+        x, shape, prep = _decode_x(obj.get("x"), limits, expected_size)
         ts = _optional_int(obj, "ts")
         label = _optional_int(obj, "label")
         meta = _meta(obj.get("meta"), limits)
     except _Reject as exc:
         return Invalid(str(exc), rid, stream)
-    return InputRecord(rid, stream, x, shape, ts, label, meta)
+    return InputRecord(rid, stream, x, shape, ts, label, meta, prep)
 
 
 _KNOWN_FIELDS = ("id", "x", "ts", "label", "meta")
@@ -348,7 +362,7 @@ def _stream(key: bytes | None, limits: Limits) -> tuple[str, str | None]:
 
 def _decode_x(
     x: Any, limits: Limits, expected: int | tuple[int, ...] | None
-) -> tuple[np.ndarray, tuple]:
+) -> tuple[np.ndarray, tuple, str]:
     if x is None:
         raise _Reject("missing field 'x'")
     if not isinstance(x, dict):
@@ -393,12 +407,14 @@ def _decode_x(
                 f"x has {int(bad.sum())} values that are not finite numbers in [0, 1] "
                 f"(first at index {i}: {arr[i]!r})"
             )
+    prep = "uint8/255" if dtype == "uint8" else dtype
     if layout == CHANNELS_LAST:
         shape = list(model_shape)
         arr = to_model_layout(arr[None], model_shape, layout)
+        prep += "; channels last to channels first"
     arr = arr.reshape(tuple(shape))
     arr.flags.writeable = False
-    return arr, tuple(shape)
+    return arr, tuple(shape), prep
 
 
 def _optional_int(obj: dict, name: str) -> int | None:

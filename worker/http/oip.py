@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from worker.formats.codec import DEFAULT_STREAM
-from worker.layout import describe, layout_of, shapes, to_model_layout
+from worker.layout import CHANNELS_LAST, describe, layout_of, shapes, to_model_layout
 from worker.policy import POLICIES
 
 __all__ = [
@@ -43,6 +43,9 @@ OUTPUTS: dict[str, str] = {
     "predicted": "INT64",
     "rule": "BYTES",
     "reason": "BYTES",
+    "eps": "FP64",
+    "stage": "BYTES",
+    "certificate": "BYTES",
 }
 MAX_STREAM_CHARS = 256
 
@@ -65,17 +68,22 @@ class InferRequest:
     stream: str = DEFAULT_STREAM
     outputs: tuple[str, ...] = tuple(OUTPUTS)
     input_name: str = "input"
+    preprocessing: str = "float64"  # how the tensor's values became xs, as in the certificate
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """The verdict for one input; radius -1 and predicted -1 when there is none."""
+    """The verdict for one input; radius, eps and predicted -1 when there is none (the
+    threshold policy decides at its budget and computes no radius); certificate is JSON."""
 
     verdict: str
     radius: float
     predicted: int
     rule: str
     reason: str = ""
+    eps: float = -1.0
+    stage: str = ""
+    certificate: str = ""
 
 
 def parse_infer(body: Any, input_shape: tuple[int, ...], max_batch: int) -> InferRequest:
@@ -93,7 +101,7 @@ def parse_infer(body: Any, input_shape: tuple[int, ...], max_batch: int) -> Infe
     name = tensor.get("name", "input")
     if not isinstance(name, str):
         raise RequestError("inputs[0].name must be a string")
-    xs = _tensor(tensor, tuple(input_shape), max_batch)
+    xs, prep = _tensor(tensor, tuple(input_shape), max_batch)
     params = _parameters(body.get("parameters"), "parameters")
     policy = params.get("policy")
     if policy is not None and policy not in POLICIES:
@@ -105,11 +113,13 @@ def parse_infer(body: Any, input_shape: tuple[int, ...], max_batch: int) -> Infe
     rid = body.get("id")
     if rid is not None and not isinstance(rid, str):
         raise RequestError(f"'id' must be a string, got {_kind(rid)}")
-    return InferRequest(xs, rid, policy, stream, _outputs(body.get("outputs")), name)
+    return InferRequest(xs, rid, policy, stream, _outputs(body.get("outputs")), name, prep)
 
 
-def _tensor(tensor: dict, input_shape: tuple[int, ...], max_batch: int) -> np.ndarray:
-    """The input tensor's data as float64 [N, input_size] in the model's layout, checked."""
+def _tensor(tensor: dict, input_shape: tuple[int, ...],
+            max_batch: int) -> tuple[np.ndarray, str]:
+    """The input tensor's data as float64 [N, input_size] in the model's layout, checked, and
+    how its values were mapped there."""
     shape = tensor.get("shape")
     if (not isinstance(shape, list) or len(shape) < 2
             or not all(type(d) is int and d >= 1 for d in shape)):
@@ -148,7 +158,10 @@ def _tensor(tensor: dict, input_shape: tuple[int, ...], max_batch: int) -> np.nd
             i = int(np.argmax(bad))
             raise RequestError(f"inputs[0].data has {int(bad.sum())} values that are not finite "
                                f"numbers in [0, 1] (first at index {i}: {arr[i]!r})")
-    return to_model_layout(arr.reshape(n, *shape[1:]), input_shape, layout)
+    prep = "uint8/255" if datatype == "UINT8" else DATATYPES[datatype].name
+    if layout == CHANNELS_LAST:
+        prep += "; channels last to channels first"
+    return to_model_layout(arr.reshape(n, *shape[1:]), input_shape, layout), prep
 
 
 def _flatten(data: list, expected: int) -> list:
@@ -203,6 +216,9 @@ def infer_response(
         "predicted": [int(o.predicted) for o in outcomes],
         "rule": [o.rule for o in outcomes],
         "reason": [o.reason for o in outcomes],
+        "eps": [float(o.eps) for o in outcomes],
+        "stage": [o.stage for o in outcomes],
+        "certificate": [o.certificate for o in outcomes],
     }
     out: dict[str, Any] = {
         "model_name": model,

@@ -124,6 +124,7 @@ class InferenceModel:
         """GET /v2/models/{name}."""
         return model_metadata(self.name, self.net.input_shape, {
             "policy": self.policy, "threshold": self.profile.threshold,
+            "guaranteed_budget": self.validators[self.policy].budget,
             "model_sha256": self.net.sha256, "window_size": self.profile.window_size,
         })
 
@@ -133,13 +134,18 @@ class InferenceModel:
         self.metrics.ready = True
 
     async def infer(self, req: InferRequest) -> list[Outcome]:
-        """Radii on the scorer's threads, then the policy's decisions in input order."""
+        """Radii (or decisions at the budget) on the scorer's threads, then the policy's
+        verdicts in input order."""
+        from verifier.decide import Proof
+        from worker.processor import certificate_of
+
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self.waiters, self.scorer.score, list(req.xs))
         policy = req.policy or self.policy
         validator = self.validators.get(policy)
         if validator is None:
             raise RequestError(f"profile {self.profile.name} has no parameters for policy {policy}")
+        results = await loop.run_in_executor(self.waiters, self.scorer.score, list(req.xs),
+                                             validator.budget)
         margins = [None] * len(results)
         if validator.needs_margin:
             margins = list(logit_margins(self.net.forward(np.stack([x.reshape(-1)
@@ -154,10 +160,16 @@ class InferenceModel:
                 outcomes.append(Outcome("invalid", -1.0, -1, "verify",
                                         f"verification failed: {type(res).__name__}: {res}"))
                 continue
-            decision, state = validator.step(state, Signals(res.radius, margin))
-            outcomes.append(Outcome(decision.verdict, res.radius, res.predicted, decision.rule,
-                                    decision.reason))
-            self.metrics.radius.observe(res.radius)
+            proof = res if isinstance(res, Proof) else None
+            radius = None if proof else res.radius
+            decision, state = validator.step(state, Signals(radius, margin, proof))
+            cert = certificate_of(res, self.scorer.settings, self.net.sha256, req.preprocessing)
+            outcomes.append(Outcome(
+                decision.verdict, -1.0 if radius is None else radius, cert["label"],
+                decision.rule, decision.reason, cert["eps"], cert["stage"] or "",
+                json.dumps(cert, sort_keys=True)))
+            if radius is not None:
+                self.metrics.radius.observe(radius)
         if stateful:
             self.windows[req.stream] = state
             self.windows.move_to_end(req.stream)

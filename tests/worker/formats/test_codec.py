@@ -303,8 +303,9 @@ def test_verdict_round_trip_has_exactly_the_wire_fields() -> None:
     out = decode_verdict(encode_verdict(_verdict()))
     assert list(out) == [
         "id", "stream", "verdict", "predicted", "radius", "rule", "reason", "pvalue", "model",
-        "profile", "source", "latency_ms", "worker",
+        "profile", "source", "latency_ms", "worker", "format", "certificate",
     ]
+    assert out["format"] == 2 and out["certificate"] is None
     assert out["predicted"] == 7 and type(out["predicted"]) is int
     assert out["radius"] == 0.0125
     assert out["source"] == {"topic": "radiusguard.inputs", "partition": 2, "offset": 41}

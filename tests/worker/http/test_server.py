@@ -115,8 +115,12 @@ def offline():
             key, value = encode_input(f"x{i}", x, stream="s", dtype=dtype)
             records.append(Record("inputs", 0, i, key, value))
         out = process_all(Processor(znet, profile, policy, scorer), records, batch=7).verdicts
-        return {"verdict": [v.verdict for _, v in out], "radius": [v.radius for _, v in out],
-                "predicted": [v.predicted for _, v in out], "rule": [v.rule for _, v in out]}
+        # over OIP a missing radius is -1 (the threshold policy decides at its budget)
+        return {"verdict": [v.verdict for _, v in out],
+                "radius": [-1.0 if v.radius is None else v.radius for _, v in out],
+                "predicted": [v.predicted for _, v in out], "rule": [v.rule for _, v in out],
+                "eps": [v.certificate["eps"] for _, v in out],
+                "stage": [v.certificate["stage"] or "" for _, v in out]}
 
     yield verdicts
     scorer.close()
@@ -149,7 +153,9 @@ def test_model_metadata(server: str) -> None:
     assert meta["inputs"][0]["parameters"]["accepted_shapes"] == [[-1, 1, 28, 28], [-1, 784]]
     assert {o["name"]: o["datatype"] for o in meta["outputs"]} == {
         "verdict": "BYTES", "radius": "FP64", "predicted": "INT64", "rule": "BYTES",
-        "reason": "BYTES"}
+        "reason": "BYTES", "eps": "FP64", "stage": "BYTES", "certificate": "BYTES"}
+    budget = load_profile(PROFILE).guaranteed_budget
+    assert budget is not None and meta["parameters"]["guaranteed_budget"] == budget
     assert meta["parameters"]["policy"] == "threshold"
     assert meta["parameters"]["model_sha256"] == load_onnx(FNN).sha256
 
@@ -164,7 +170,11 @@ def test_single_input_matches_the_offline_processor(server: str, offline, digits
     assert resp["model_name"] == NAME and resp["id"] == "r1"
     assert all(o["shape"] == [1] for o in resp["outputs"])
     got = _columns(resp)
-    assert {k: got[k] for k in ("verdict", "radius", "predicted", "rule")} == offline(x, "float64")
+    assert {k: got[k] for k in ("verdict", "radius", "predicted", "rule", "eps", "stage")} == \
+        offline(x, "float64")
+    cert = json.loads(got["certificate"][0])
+    assert cert["model_sha256"] == load_onnx(FNN).sha256 and cert["preprocessing"] == "float64"
+    assert cert["eps"] == load_profile(PROFILE).guaranteed_budget == got["eps"][0]
 
 
 @pytest.mark.parametrize("datatype,dtype", [("UINT8", "uint8"), ("FP32", "float32"),
