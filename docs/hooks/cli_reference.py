@@ -65,8 +65,8 @@ def _section(title: str, summary: str, p: argparse.ArgumentParser, level: int) -
             del os.environ["COLUMNS"]
         else:
             os.environ["COLUMNS"] = old
-    lines = [f"{'#' * level} `{title}`", "", summary[:1].upper() + summary[1:] + ".", "",
-             "```text", usage, "```", ""]
+    summary = summary[:1].upper() + summary[1:].rstrip(".") + "."
+    lines = [f"{'#' * level} `{title}`", "", summary, "", "```text", usage, "```", ""]
     if rows:
         lines += ["| argument | meaning | default |", "| --- | --- | --- |", *rows, ""]
     return "\n".join(lines)
