@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 PYTHON  := $(BIN)/python
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: setup setup-worker test test-fast lint demo kafka kafka-stop bench bench-scale soak fuzz study-quick study study-domains study-cifar adaptive artefacts models clean
+.PHONY: setup setup-worker test test-fast lint docs demo kafka kafka-stop bench bench-scale soak fuzz study-quick study study-domains study-cifar adaptive artefacts models clean
 
 $(PYTHON):
 	$(PY) -m venv $(VENV)
@@ -24,7 +24,10 @@ test-fast:  ## everything that needs no broker
 	$(PYTHON) -m pytest -q -m "not kafka"
 
 lint:
-	$(BIN)/ruff check verifier worker study bench tests fuzz
+	$(BIN)/ruff check verifier worker study bench tests fuzz docs/hooks
+
+docs:  ## the documentation site (docs/, mkdocs.yml) into site/; warnings are errors
+	$(BIN)/mkdocs build --strict --site-dir site
 
 demo:  ## local broker, two workers, a recorded stream replayed, a verdict table
 	$(BIN)/radiusguard demo
@@ -74,4 +77,4 @@ models:  ## retrain the reference models (needs the study extra)
 	$(PYTHON) -m study.train --nets fnn-3x30-relu,fnn-3x30-sigmoid,fnn-3x30-tanh,cnn-6-16-128-relu --out models/ --slice
 
 clean:
-	rm -rf .pytest_cache .ruff_cache build *.egg-info
+	rm -rf .pytest_cache .ruff_cache build *.egg-info site
