@@ -11,12 +11,21 @@ from pathlib import Path
 from typing import NoReturn
 
 from verifier.settings import DOMAIN_NAMES, SEARCHES, VerifierSettings
-from worker.argtypes import port_number, positive_float, positive_int, unit_fraction
+from worker.argtypes import (
+    non_negative_float,
+    port_number,
+    positive_float,
+    positive_int,
+    unit_fraction,
+)
 from worker.paths import broker_data_dir, jar_cache_dir
 from worker.policy import POLICIES
 from worker.score import add_arguments as add_score_arguments
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # zonotope passes are single-threaded BLAS
+
+
+DEFAULT_FALSE_ALARM = 0.03
 
 
 class CliError(Exception):
@@ -36,12 +45,26 @@ def _add_verifier_options(p: argparse.ArgumentParser) -> None:
         help="secant: margin-guided, fewer passes, never below bisect; bisect: Algorithm 1 "
         f"(default {d.search})",
     )
+    p.add_argument("--stages", type=_stages, default=d.stages, metavar="D1,D2,...",
+                   help="sound domains that decide robustness at the budget, in order "
+                   f"(default {','.join(d.stages)}; calibrate runs the cheapest order)")
     p.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 1, help="threads")
+
+
+def _stages(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in DOMAIN_NAMES]
+    if not names or bad or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct domains from {','.join(DOMAIN_NAMES)} separated by commas, "
+            f"got {text!r}")
+    return names
 
 
 def _settings(args: argparse.Namespace) -> VerifierSettings:
     """The VerifierSettings the command-line options give."""
-    return VerifierSettings(domain=args.domain, search=args.search, up=args.up, tol=args.tol)
+    return VerifierSettings(domain=args.domain, search=args.search, up=args.up, tol=args.tol,
+                            stages=args.stages)
 
 
 # ----------------------------------------------------------------------------- radius
@@ -128,11 +151,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not out.parent.is_dir():
         raise CliError(f"{out.parent}: no such directory for --out")
+    if args.budget is None and args.max_false_alarm is None:
+        raise CliError("give --budget EPS (the guarantee; false alarms are measured) or "
+                       "--max-false-alarm F (false alarms; the budget is measured)")
     try:
         profile = calibrate(
-            net, xs, labels, max_false_alarm=args.max_false_alarm, window_size=args.window,
-            attacks=attacks, settings=_settings(args), jobs=args.jobs,
-            name=args.name, policy=args.policy,
+            net, xs, labels, window_size=args.window, attacks=attacks, settings=_settings(args),
+            jobs=args.jobs, name=args.name, policy=args.policy, budget=args.budget,
+            max_false_alarm=DEFAULT_FALSE_ALARM if args.max_false_alarm is None
+            else args.max_false_alarm,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None
@@ -141,8 +168,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"profile {profile.name} -> {out}")
     print(f"  valid inputs: {cal.n} of {cal.n_inputs} classified correctly, mean radius "
           f"{cal.mean_radius:.4f}")
-    print(f"  threshold {profile.threshold:.6g} (false alarms {cal.false_alarm_measured:.1%}, "
-          f"target {cal.false_alarm_target:.1%})")
+    proved = ", ".join(f"{k} {v}" for k, v in (cal.proved_by or {}).items())
+    print(f"  guaranteed budget {profile.guaranteed_budget:.6g}: false alarms "
+          f"{cal.false_alarm_at_budget:.1%} of the valid inputs (proved by {proved}; stages "
+          f"{','.join(profile.verifier.stages)})")
+    print(f"  radius threshold {profile.threshold:.6g} (false alarms "
+          f"{cal.false_alarm_measured:.1%}, target {cal.false_alarm_target:.1%})")
     fa = cal.false_alarm_distribution
     print(f"  Algorithm 2: window {profile.window_size}, sigma0 {profile.sigma0:.6g}, sigma1 "
           f"{profile.sigma1:.6g}" + ("" if fa is None else f" (false alarms {fa:.1%})"))
@@ -407,8 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="ONNX model")
     p.add_argument("valid", help="valid inputs: .npy/.npz [N, ...] or a folder of PNG images")
     p.add_argument("--labels", required=True, help="their labels (.npy, or .npz with 'y')")
-    p.add_argument("--max-false-alarm", type=unit_fraction, required=True,
-                   help="largest share of valid inputs to reject, e.g. 0.03")
+    p.add_argument("--budget", type=non_negative_float, metavar="EPS",
+                   help="the guaranteed budget: accept only inputs proved robust at EPS (the "
+                   "false alarms it costs are measured and printed)")
+    p.add_argument("--max-false-alarm", type=unit_fraction,
+                   help="largest share of valid inputs to reject, e.g. 0.03: the budget is the "
+                   "largest that keeps to it (with --budget: the share Algorithm 2 and the "
+                   f"consistency policy are fitted to; default {DEFAULT_FALSE_ALARM})")
     p.add_argument("--attack", type=_attack_spec, action="append", default=[],
                    metavar="NAME=ADV.npy", help="adversarial inputs to score (repeatable)")
     p.add_argument("--window", type=_window_size, default=50, help="Algorithm 2 window size")
