@@ -549,9 +549,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_http_arguments(p)
     p.set_defaults(func=run_http)
 
+    from worker.recheck import register as register_recheck
     from worker.verify import register as register_verify
 
     register_verify(sub)
+    register_recheck(sub)
     for register in _extra_commands():
         register(sub)
     return parser
@@ -614,7 +616,7 @@ def _is_user_error(exc: Exception) -> bool:
         "UnsupportedModelError", "InputFileError", "ProfileError", "BrokerError", "CliError",
         "ConfigError", "FileNotFoundError", "IsADirectoryError", "PermissionError",
         "NoBrokersAvailable", "ReplayFileError", "ServiceError", "DemoError",
-        "KafkaTimeoutError", "KafkaConnectionError", "VerifierMemoryError",
+        "KafkaTimeoutError", "KafkaConnectionError", "VerifierMemoryError", "RecheckError",
     }
     return any(cls.__name__ in names for cls in type(exc).__mro__)
 

@@ -239,7 +239,8 @@ def certificate_of(score: RadiusResult | Proof, settings: VerifierSettings, mode
         eps, proved, stage, label = score.radius, score.radius > 0, settings.domain, score.predicted
     return {"eps": float(eps), "proved": bool(proved), "label": int(label),
             "stage": stage if proved else None, "verifier_version": VERIFIER_VERSION,
-            "model_sha256": model_sha256, "norm": "linf", "preprocessing": preprocessing}
+            "model_sha256": model_sha256, "norm": "linf", "preprocessing": preprocessing,
+            "input_range": [settings.input_lower, settings.input_upper]}  # None: the model's
 
 
 def process_all(processor: Processor, records: Iterable[Record], batch: int = 32) -> BatchResult:
