@@ -11,7 +11,7 @@ On networks trained with interval bounds this domain can prove what zonotopes ca
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,7 +28,6 @@ from verifier.network import (
     Scale,
     Sigmoid,
     Tanh,
-    apply_layer,
     pool_windows,
 )
 from verifier.rounding import TINY, gamma
@@ -93,14 +92,33 @@ def _prepare_dense(layer: Dense) -> Affine:
                   (w, np.asarray(layer.bias, np.float64)))
 
 
+def _columns(layer: Conv, v: np.ndarray) -> np.ndarray:
+    """im2col of one flat input: [c * kh * kw, oh * ow], zero padding."""
+    c, h, w = layer.in_shape
+    _, oh, ow = layer.out_shape
+    _, _, kh, kw = layer.weight.shape
+    pt, pl, pb, pr = layer.pads
+    sh, sw = layer.stride
+    img = np.zeros((c, h + pt + pb, w + pl + pr))
+    img[:, pt : pt + h, pl : pl + w] = v.reshape(c, h, w)
+    cols = np.empty((c, kh, kw, oh, ow))
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, i, j] = img[:, i : i + sh * oh : sh, j : j + sw * ow : sw]
+    return cols.reshape(c * kh * kw, oh * ow)
+
+
+def _conv(weight: np.ndarray, layer: Conv) -> Callable[[np.ndarray], np.ndarray]:
+    """v -> the convolution of v by weight (no bias), flat, as the network's forward pass."""
+    w = np.ascontiguousarray(weight.reshape(weight.shape[0], -1), dtype=np.float64)
+    return lambda v: (w @ _columns(layer, v)).reshape(-1)
+
+
 def _prepare_conv(layer: Conv) -> Affine:
-    zero = np.zeros_like(layer.bias, dtype=np.float64)
-    plain = replace(layer, bias=zero)
-    magnitude = replace(layer, weight=np.abs(layer.weight), bias=zero)
     _, in_c, kh, kw = layer.weight.shape
     _, oh, ow = layer.out_shape
     bias = np.repeat(np.asarray(layer.bias, np.float64), oh * ow)  # per channel -> per output
-    return Affine(lambda v: apply_layer(plain, v), lambda v: apply_layer(magnitude, v),
+    return Affine(_conv(layer.weight, layer), _conv(np.abs(layer.weight), layer),
                   bias, int(in_c * kh * kw))
 
 

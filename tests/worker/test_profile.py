@@ -211,7 +211,9 @@ def test_save_load_round_trip(tmp_path: Path, tiny_profile: Profile) -> None:
     data = json.loads(path.read_text())
     assert data["format"] == 1 and data["verifier"] == {
         "domain": "deepzono", "search": "secant", "up": 0.256, "tol": 0.001,
-        "input_lower": None, "input_upper": None, "stages": ["deepzono", "deeppoly", "interval"]}
+        "input_lower": None, "input_upper": None,
+        "stages": list(tiny_profile.verifier.stages)}  # calibration's cheapest order
+    assert sorted(data["verifier"]["stages"]) == ["deeppoly", "deepzono", "interval"]
     assert list(tmp_path.iterdir()) == [path]
 
 
