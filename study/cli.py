@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from study.certified.cli import register as register_train
 from worker.argtypes import positive_int
 
 
@@ -52,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cache", action="store_true", help="recompute everything")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     p.set_defaults(func=cmd_study)
+    register_train(subparsers)
 
 
 def main(argv: list[str] | None = None) -> int:

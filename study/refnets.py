@@ -41,6 +41,8 @@ STD = (0.2023, 0.1994, 0.2010)
 class Normalize(nn.Module):
     """(x - mean) / std per channel; exported as Sub and Div by [1, 3, 1, 1] constants."""
 
+    increasing = True  # elementwise and increasing: bound propagation maps end points
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(MEAN).reshape(1, 3, 1, 1))

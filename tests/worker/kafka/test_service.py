@@ -25,12 +25,14 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
 
+from verifier.decide import decide_many
 from verifier.network import load_onnx
 from verifier.score import score_many
 from worker.cli import main
 from worker.formats.codec import decode_verdict, encode_input, encode_verdict
 from worker.kafka.config import ConfigError, ServiceConfig
 from worker.kafka.service import Service, WindowRestorer
+from worker.policy import make_validator
 from worker.profile import Profile, calibrate, save_profile
 
 pytestmark = [pytest.mark.kafka, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
@@ -113,7 +115,16 @@ def reference(streams: list[Stream], profile: tuple[Path, Profile]) -> dict[str,
     for policy in ("threshold", "distribution"):
         per_stream = {}
         for s in streams:
-            radii = score_many(net, s.xs.reshape(len(s.xs), -1) / 255.0, v, jobs=2)
+            xs = s.xs.reshape(len(s.xs), -1) / 255.0
+            if policy == "threshold":  # decided at the budget, no radius
+                budget = make_validator(prof, policy).budget
+                per_stream[s.name] = [
+                    _key({"id": rid, "verdict": "accept" if p.proved else "reject",
+                          "radius": None, "rule": "threshold", "pvalue": None})
+                    for rid, p in zip(s.ids, decide_many(net, xs, budget, v, jobs=2),
+                                      strict=True)]
+                continue
+            radii = score_many(net, xs, v, jobs=2)
             validator = prof.validator(policy)
             state = prof.initial_state() if policy == "distribution" else None
             seq = []
