@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from verifier.decide import Proof
 from verifier.network import Network, load_onnx
 from verifier.score import score_many
 from verifier.settings import VERIFIER_VERSION
@@ -189,9 +190,15 @@ def rejected(profile: Profile, policy: str, radius: np.ndarray, margin: np.ndarr
     """Which inputs the policy rejects, taken in order as one stream from a new stream's state
     (for Algorithm 2: a run starting at the seed window)."""
     v = make_validator(profile, policy)
+    # The study has radii of one domain, not the cascade's decisions: the threshold policy is
+    # judged at the profile's radius threshold, where a radius r >= it proves that ball.
+    eps = profile.threshold
     state, out = v.initial_state(), []
     for r, m in zip(radius.tolist(), margin.tolist(), strict=True):
-        decision, state = v.step(state, Signals(r, m))
+        proof = None if v.budget is None else Proof(eps, -1, r >= eps, profile.verifier.domain,
+                                                    0.0, 1)
+        decision, state = (v.rule.__class__(eps).check(proof), state) if proof else \
+            v.step(state, Signals(r, m, proof))
         out.append(decision.verdict != "accept")
     return np.array(out, dtype=bool)
 
