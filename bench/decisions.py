@@ -22,6 +22,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
+from bench.deepzono_passes import _min_time  # noqa: E402
 from verifier import load_onnx  # noqa: E402
 from verifier.decide import cascade, stage_plans  # noqa: E402
 from verifier.runtime import single_threaded  # noqa: E402
@@ -32,15 +33,6 @@ from worker.score import score_inputs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("fnn-3x30-relu", "cnn-6-16-128-relu", "cnn-certified")
-
-
-def _min_time(fn, reps: int) -> float:
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.thread_time()
-        fn()
-        best = min(best, time.thread_time() - t0)
-    return best
 
 
 def _score_wall(model: Path, profile: Path, xs: np.ndarray) -> float:
