@@ -19,11 +19,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--net", required=True,
                    help="a study/nets.py name (fnn-3x30-relu, cnn-6-16-128-relu, ...) or a "
                    f"colour reference network ({', '.join(REFNETS)}; stand-in data)")
-    p.add_argument("--method", choices=("ibp", "crown-ibp"), default="ibp")
-    p.add_argument("--epochs", type=positive_int, default=30)
+    p.add_argument("--method", choices=("ibp", "crown-ibp"), default="ibp",
+                   help="the bound trained against: interval (IBP) or CROWN-IBP")
+    p.add_argument("--epochs", type=positive_int, default=30, help="training epochs")
     p.add_argument("--warmup", type=int, default=2, help="epochs at eps 0 first")
     p.add_argument("--ramp", type=positive_int, default=10, help="epochs of the eps ramp")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="torch and data-order seed")
     p.add_argument("--train-n", type=positive_int, help="train on the first N images only")
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads")
     p.add_argument("--name", help="model name (default NET-certified)")
