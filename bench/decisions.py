@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from bench.deepzono_passes import _min_time  # noqa: E402
 from verifier import load_onnx  # noqa: E402
 from verifier.decide import cascade, stage_plans  # noqa: E402
-from verifier.runtime import single_threaded  # noqa: E402
+from verifier.numerics.runtime import single_threaded  # noqa: E402
 from verifier.score import plan_for, radius_result  # noqa: E402
 from worker.policy import make_validator  # noqa: E402
 from worker.profile import load_profile  # noqa: E402

@@ -21,7 +21,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from verifier import VerifierSettings, load_onnx  # noqa: E402
-from verifier.runtime import single_threaded  # noqa: E402
+from verifier.numerics.runtime import single_threaded  # noqa: E402
 from verifier.score import input_box, plan_for  # noqa: E402
 from verifier.walk import INPUT  # noqa: E402
 

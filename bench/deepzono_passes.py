@@ -20,7 +20,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from verifier import VerifierSettings, load_onnx  # noqa: E402
-from verifier.runtime import single_threaded  # noqa: E402
+from verifier.numerics.runtime import single_threaded  # noqa: E402
 from verifier.score import input_box, plan_for, radius_result  # noqa: E402
 from verifier.walk import linear_lower, margin_matrix  # noqa: E402
 
@@ -80,7 +80,7 @@ def main() -> None:
     data = np.load(ROOT / "models" / "mnist_test_1000.npz")
     xs = data["x"][: args.n].reshape(args.n, -1).astype(np.float64) / 255.0
     print(f"load average {os.getloadavg()[0]:.1f}")
-    with single_threaded():  # the process settings a radius runs under (verifier.runtime)
+    with single_threaded():  # the process settings a radius runs under (verifier.numerics.runtime)
         for name in args.models.split(","):
             bench_model(name, xs, args.reps)
 

@@ -46,7 +46,7 @@ def _images(cache: Path, n: int, offset: int = 0):
 def measure(path: Path, domain: str, n: int, eps: float, offset: int = 0) -> dict:
     """The figures of one network and domain, in this process."""
     from verifier import VerifierSettings, is_robust, load_onnx, radius_result
-    from verifier.runtime import single_threaded
+    from verifier.numerics.runtime import single_threaded
     from verifier.score import plan_for
 
     net = load_onnx(path)

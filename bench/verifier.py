@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 
 from verifier import DOMAINS, InputBox, VerifierSettings, load_onnx  # noqa: E402
 from verifier.check import is_robust  # noqa: E402
-from verifier.deepzono import Zonotope  # noqa: E402
+from verifier.domains.deepzono.transfers import Zonotope  # noqa: E402
 from verifier.network import Conv, Dense, MaxPool  # noqa: E402
 from verifier.score import plan_for, radius_result, score_many  # noqa: E402
 from verifier.walk import Plan  # noqa: E402

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from verifier.kernels import linf_box
+from verifier.numerics.rounding import linf_box
 
 
 @dataclass(frozen=True)

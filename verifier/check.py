@@ -11,7 +11,7 @@ import numpy as np
 
 from verifier.box import InputBox
 from verifier.network import Network
-from verifier.runtime import single_threaded
+from verifier.numerics.runtime import single_threaded
 from verifier.score import DEFAULT, input_box, plan_for
 from verifier.settings import VerifierSettings
 from verifier.walk import Plan, linear_lower, margin_matrix

@@ -17,9 +17,9 @@ import numpy as np
 
 from verifier.box import InputBox
 from verifier.network import Network
-from verifier.radius import SEARCH_FUNCTIONS, run_search
-from verifier.runtime import single_threaded
+from verifier.numerics.runtime import single_threaded
 from verifier.score import DEFAULT, RadiusResult, plan_for
+from verifier.search import SEARCH_FUNCTIONS, run_search
 from verifier.settings import VerifierSettings
 from verifier.walk import Plan, linear_lower, margin_matrix
 

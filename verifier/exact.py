@@ -7,7 +7,7 @@ radius of a sound verifier never exceeds the exact one.
 
 The big-M constants come from this module's own bounds (intervals intersected with
 back-substituted linear bounds, as in CROWN/DeepPoly), not from the domains it referees
-(verifier.deepzono, verifier.deeppoly): a soundness bug in a domain's table would otherwise
+(verifier.domains: DeepZono, DeepPoly): a soundness bug in a domain's table would otherwise
 also loosen the MILP meant to catch it.
 
 Cost: a PGD attack, then one MILP per target class that the linear bounds cannot rule out,

@@ -1,6 +1,6 @@
 """The gradient of a network's margins at a point, and the radius a linear network would have.
 
-The radius search (verifier.radius) starts deep networks' searches from it: where the margin
+The radius search (verifier.search) starts deep networks' searches from it: where the margin
 y_label - y_j falls like a linear function with slope ||grad||_1 per unit of eps, its root is
 m_j / ||grad_j||_1; a ReLU network's certified radius lies below that by a factor that grows
 with depth. It steers which eps values are probed, never what is certified, so plain float

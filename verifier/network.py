@@ -1,6 +1,6 @@
 """ONNX import into a small layer list of plain numpy data, and a float64 forward pass.
 
-The op handlers live in verifier.onnx_import, which lowers every supported op onto these
+The op handlers live in verifier.onnx.importer, which lowers every supported op onto these
 layer kinds. Tensors between layers are flattened in C order (channel, row, column).
 A network is its layers in topological order; a chain reads each layer's input from the one
 before, a graph (residual Add, Concat) names every layer's sources (`Network.sources`).
@@ -263,6 +263,6 @@ def load_onnx(path: str | Path) -> Network:
 
 def from_onnx_model(model: onnx.ModelProto) -> Network:
     """Convert an in-memory ONNX model (one data input; a chain or a graph) into a Network."""
-    from verifier.onnx_import import from_onnx_model as convert
+    from verifier.onnx.importer import from_onnx_model as convert
 
     return convert(model)

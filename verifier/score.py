@@ -17,10 +17,10 @@ import numpy as np
 from verifier.box import InputBox
 from verifier.domains import get_domain
 from verifier.gradient import activation_depth, linear_radius
-from verifier.kernels import linf_box
 from verifier.network import Network
-from verifier.radius import SEARCH_FUNCTIONS, SHALLOW, SearchHint, run_search
-from verifier.runtime import single_threaded
+from verifier.numerics.rounding import linf_box
+from verifier.numerics.runtime import single_threaded
+from verifier.search import SEARCH_FUNCTIONS, SHALLOW, SearchHint, run_search
 from verifier.settings import VerifierSettings
 from verifier.walk import Plan, linear_lower, margin_matrix
 

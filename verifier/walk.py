@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from verifier.box import InputBox
-from verifier.domain import Domain
-from verifier.memory import VerifierMemoryError
+from verifier.domains.base import Domain
 from verifier.network import INPUT, Network, UnsupportedModelError
+from verifier.numerics.memory import VerifierMemoryError
 
 
 @dataclass(frozen=True)

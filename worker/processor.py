@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from verifier.decide import Proof, cascade, stage_plans
-from verifier.runtime import single_threaded
+from verifier.numerics.runtime import single_threaded
 from verifier.score import RadiusResult, radius_result
 from verifier.settings import VERIFIER_VERSION, VerifierSettings
 from verifier.walk import Plan

@@ -18,7 +18,7 @@ import numpy as np
 from verifier.box import InputBox
 from verifier.network import Network
 from verifier.settings import DOMAIN_NAMES
-from verifier.vnnlib import Disjunct, Spec, VnnlibError, load
+from verifier.vnnlib.parser import Disjunct, Spec, VnnlibError, load
 from worker.modelfile import load_model
 
 

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from verifier.box import InputBox
-from verifier.deeppoly import DEEPPOLY
-from verifier.deepzono import DEEPZONO
+from verifier.domains.deeppoly.transfers import DEEPPOLY
+from verifier.domains.deepzono.transfers import DEEPZONO
 from verifier.network import (
     Conv,
     Dense,

@@ -11,11 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from verifier import VerifierSettings, certified_radius, deeppoly_state
+from verifier import VerifierSettings, certified_radius
 from verifier.box import InputBox
-from verifier.deeppoly import DEEPPOLY
-from verifier.deeppoly_kernels import join_rows, sum_rows
-from verifier.deeppoly_relax import leaky_relax
+from verifier.domains.deeppoly import state as deeppoly_state
+from verifier.domains.deeppoly.kernels import join_rows, sum_rows
+from verifier.domains.deeppoly.relax import leaky_relax
+from verifier.domains.deeppoly.transfers import DEEPPOLY
 from verifier.network import (
     INPUT,
     Add,

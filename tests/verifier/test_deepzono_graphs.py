@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 
 from verifier import margins, output_bounds, plan_for
 from verifier.box import InputBox
-from verifier.deepzono import Zonotope
-from verifier.join_kernels import leaky_relaxation
-from verifier.kernels import relaxation
+from verifier.domains.deepzono.join_kernels import leaky_relaxation
+from verifier.domains.deepzono.kernels import relaxation
+from verifier.domains.deepzono.transfers import Zonotope
 from verifier.network import (
     INPUT,
     Add,

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from verifier import join_kernels as J
-from verifier import kernels as K
 from verifier import plan_for
 from verifier.box import InputBox
+from verifier.domains.deepzono import join_kernels as J
+from verifier.domains.deepzono import kernels as K
 from verifier.network import INPUT, Add, Conv, MaxPool, Network, Relu
 from verifier.walk import analyse
 

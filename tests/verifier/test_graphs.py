@@ -9,7 +9,7 @@ from onnx import helper
 
 from tests.verifier import onnx_builders as B
 from verifier.box import InputBox
-from verifier.deepzono import DEEPZONO
+from verifier.domains.deepzono.transfers import DEEPZONO
 from verifier.network import (
     INPUT,
     Add,

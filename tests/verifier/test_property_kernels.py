@@ -9,8 +9,8 @@ import pytest
 
 from verifier import linear_bounds, plan_for
 from verifier.box import InputBox
-from verifier.kernels import next_down, next_up
 from verifier.network import Dense, Network, Relu
+from verifier.numerics.rounding import next_down, next_up
 
 
 def _exact_output(layers, x):

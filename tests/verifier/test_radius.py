@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from verifier import VerifierSettings, is_robust, plan_for, radius_result, score_many
 from verifier.network import load_onnx
-from verifier.radius import SearchHint, bisect, grid_size, run_search, secant, secant_search
 from verifier.score import certified_margin
+from verifier.search import SearchHint, bisect, grid_size, run_search, secant, secant_search
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
@@ -175,7 +175,7 @@ def test_settings_are_checked_once_with_clear_errors():
 
 
 def test_parabola_roots_match_numpy():
-    from verifier.radius import _parabola_roots
+    from verifier.search import _parabola_roots
 
     rng = np.random.default_rng(5)
     for _ in range(200):

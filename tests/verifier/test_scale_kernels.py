@@ -8,12 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from verifier import is_robust, output_bounds, plan_for
-from verifier import kernels as K
 from verifier.box import InputBox
-from verifier.conv_kernels import csr_conv
-from verifier.group_kernels import grouped_dense_affine, row_groups
-from verifier.memory import ENV, VerifierMemoryError, cap_bytes
+from verifier.domains.deepzono import kernels as K
+from verifier.domains.deepzono.conv_kernels import csr_conv
+from verifier.domains.deepzono.group_kernels import grouped_dense_affine, row_groups
 from verifier.network import Conv, Dense, Network, Relu
+from verifier.numerics.memory import ENV, VerifierMemoryError, cap_bytes
 from verifier.walk import analyse
 
 NO_GROUPS = 1 << 40  # a min_group no input reaches: every entry on its own

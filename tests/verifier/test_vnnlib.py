@@ -5,7 +5,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from verifier.vnnlib import VnnlibError, parse
+from verifier.vnnlib.parser import VnnlibError, parse
 
 HEAD = """; a comment
 (declare-const X_0 Real)

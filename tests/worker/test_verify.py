@@ -7,7 +7,7 @@ from onnx import helper
 from tests.verifier import onnx_builders as B
 from verifier.network import from_onnx_model
 from verifier.settings import DOMAIN_NAMES
-from verifier.vnnlib import VnnlibError, parse
+from verifier.vnnlib.parser import VnnlibError, parse
 from worker.cli import main
 from worker.verify import verify
 

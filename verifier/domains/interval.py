@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from verifier.box import InputBox
-from verifier.domain import Domain
+from verifier.domains.base import Domain
 from verifier.network import (
     Add,
     Concat,
@@ -30,7 +30,7 @@ from verifier.network import (
     Tanh,
     pool_windows,
 )
-from verifier.rounding import TINY, gamma
+from verifier.numerics.rounding import TINY, gamma
 
 # |computed - exact| of sigmoid and tanh through libm, as the zonotope kernels assume
 ACTIVATION_SLACK = 1e-14

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from verifier.deeppoly import DEEPPOLY
-from verifier.deepzono import DEEPZONO
-from verifier.domain import Domain
-from verifier.interval import INTERVAL
+from verifier.domains.base import Domain
+from verifier.domains.deeppoly.transfers import DEEPPOLY
+from verifier.domains.deepzono.transfers import DEEPZONO
+from verifier.domains.interval import INTERVAL
 from verifier.settings import DOMAIN_NAMES
 
 DOMAINS: dict[str, Domain] = {d.name: d for d in (DEEPZONO, DEEPPOLY, INTERVAL)}

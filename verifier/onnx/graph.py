@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from verifier.network import INPUT, Add, Concat, Conv, Dense, Layer, Scale, UnsupportedModelError
-from verifier.onnx_spatial import attr
+from verifier.onnx.spatial import attr
 
 # Ops whose output is their input's value under another name or shape (no layer of their own).
 ALIASES = {"Identity", "Dropout", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose"}
@@ -35,7 +35,7 @@ class Tensor:
 
 
 class JoinOps:
-    """Join handlers for verifier.onnx_import's builder (its load, append, flush_permutation)."""
+    """Join handlers for verifier.onnx.importer's builder (its load, append, flush_permutation)."""
 
     def join(self, node, tensors: list, consts: dict[str, np.ndarray]) -> None:
         """Lower a node that reads several data tensors (or a Concat/Sum) onto one layer."""

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from verifier import deeppoly_kernels as K
 from verifier.box import InputBox
-from verifier.deeppoly_prepare import Rows
+from verifier.domains.deeppoly import kernels as K
+from verifier.domains.deeppoly.prepare import Rows
 
 
 @dataclass(eq=False)

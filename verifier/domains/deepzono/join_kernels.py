@@ -1,9 +1,9 @@
 """Numba kernels of DeepZono joins (the sum of two zonotopes) and of the LeakyReLU relaxation.
 
-The operands of a join are already in one generator numbering (verifier.deepzono aligns
+The operands of a join are already in one generator numbering (deepzono.transfers aligns
 them); a generator both hold is the same noise symbol, so its coefficients add and can
-cancel. Same rounding model as verifier.kernels: round-to-nearest float64, every error
-bounded with verifier.rounding and added to the error box beta.
+cancel. Same rounding model as deepzono.kernels: round-to-nearest float64, every error
+bounded with verifier.numerics.rounding and added to the error box beta.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from verifier.kernels import _enclose, col_abs_sums
-from verifier.rounding import TINY, U, widen_up
+from verifier.domains.deepzono.kernels import _enclose, col_abs_sums
+from verifier.numerics.rounding import TINY, U, widen_up
 
 
 @njit(cache=True, nogil=True)
@@ -45,7 +45,7 @@ def csr_add(c_a, ptr_a, idx_a, val_a, beta_a, sum_a, c_b, ptr_b, idx_b, val_b, b
     in a single row is copied exactly; an entry that cancels to exactly 0.0 is dropped (it
     contributes nothing). Rows hold each id at most once, as every kernel writes them, and so
     do the output rows. gsum is widen_up of the float sum of the stored |values|, an upper
-    bound of their exact sum (verifier.rounding).
+    bound of their exact sum (verifier.numerics.rounding).
     """
     n = c_a.shape[0]
     out_ptr = np.empty(n + 1, dtype=np.int64)

@@ -1,27 +1,29 @@
 """The DeepZono domain: zonotopes with a per-neuron rounding-error box, as one table.
 
-A state is a `Zonotope` (verifier.zonotope: sparse through convolutions and pools, dense
+A state is a `Zonotope` (deepzono.state: sparse through convolutions and pools, dense
 through fully connected layers, with generator blocks that keep identity across branches).
 Networks that are a chain of Dense/activation layers take a fused kernel
 (property_kernels.dense_chain_lower): the walk's arithmetic with each activation folded into
 the next dense layer, in one GIL-free call.
-Every transfer checks the memory cap (verifier.memory) before a big allocation. Why the
-results are sound in floating point: the docstrings of verifier.kernels,
-verifier.conv_kernels, verifier.group_kernels, verifier.pool_kernels, verifier.join_kernels
-and verifier.property_kernels.
+Every transfer checks the memory cap (verifier.numerics.memory) before a big allocation. Why the
+results are sound in floating point: the docstrings of deepzono.kernels,
+deepzono.conv_kernels, deepzono.group_kernels, deepzono.pool_kernels, deepzono.join_kernels
+and deepzono.property_kernels.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from verifier import join_kernels as J
-from verifier import kernels as K
 from verifier.box import InputBox
-from verifier.conv_kernels import conv_taps, csr_conv
-from verifier.domain import Domain
-from verifier.group_kernels import grouped_dense_affine
-from verifier.memory import csr_bytes, dense_bytes, ensure_fits
+from verifier.domains.base import Domain
+from verifier.domains.deepzono import join_kernels as J
+from verifier.domains.deepzono import kernels as K
+from verifier.domains.deepzono.conv_kernels import conv_taps, csr_conv
+from verifier.domains.deepzono.group_kernels import grouped_dense_affine
+from verifier.domains.deepzono.pool_kernels import csr_maxpool
+from verifier.domains.deepzono.property_kernels import dense_chain_lower, dense_linear_lower
+from verifier.domains.deepzono.state import BLOCK_TAGS, Blocks, Zonotope
 from verifier.network import (
     Add,
     Concat,
@@ -35,9 +37,7 @@ from verifier.network import (
     Sigmoid,
     Tanh,
 )
-from verifier.pool_kernels import csr_maxpool
-from verifier.property_kernels import dense_chain_lower, dense_linear_lower
-from verifier.zonotope import BLOCK_TAGS, Blocks, Zonotope
+from verifier.numerics.memory import csr_bytes, dense_bytes, ensure_fits
 
 ACTIVATION_KIND = {Relu: 0, Sigmoid: 1, Tanh: 2}
 

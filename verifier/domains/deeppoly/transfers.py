@@ -1,6 +1,6 @@
 """The DeepPoly domain (Singh et al., POPL 2019) as one table: back-substitution to the input.
 
-A state is the graph of the layers seen so far (verifier.deeppoly_state): for each, the
+A state is the graph of the layers seen so far (verifier.domains.deeppoly.state): for each, the
 layers it reads, how to back-substitute linear bounds through it (its matrix, or its lower
 and upper relaxation lines) and its concrete bounds. An affine layer's bounds come from
 back-substituting its rows through every layer to the input box, as the paper and ERAN do,
@@ -12,11 +12,11 @@ after a fully connected layer stops back-substituting the rows of neurons that i
 already show stable (their relaxation is fixed; they keep interval bounds), and max-pool
 outputs take interval bounds. As in ELINA, max-pool dominance is also tested on
 back-substituted differences, and an undominated output's upper bound is a line through the
-input with the largest upper bound (verifier.deeppoly_relax.pool_relax), not a constant.
-Back-substitution is blocked (verifier.deeppoly_kernels): the rows of one convolution
+input with the largest upper bound (verifier.domains.deeppoly.relax.pool_relax), not a constant.
+Back-substitution is blocked (verifier.domains.deeppoly.kernels): the rows of one convolution
 position share a small support, and a fully connected layer's rows share all of it.
-Why the results are sound in floating point: the docstrings of verifier.deeppoly_kernels
-and verifier.deeppoly_relax.
+Why the results are sound in floating point: the docstrings of verifier.domains.deeppoly.kernels
+and verifier.domains.deeppoly.relax.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from verifier import deeppoly_kernels as K
-from verifier import deeppoly_relax as R
-from verifier.deeppoly_prepare import (
+from verifier.domains.base import Domain
+from verifier.domains.deeppoly import kernels as K
+from verifier.domains.deeppoly import relax as R
+from verifier.domains.deeppoly.prepare import (
     Csr,
     DenseRows,
     Rows,
@@ -37,7 +38,7 @@ from verifier.deeppoly_prepare import (
     prepare_pool,
     prepare_scale,
 )
-from verifier.deeppoly_state import (
+from verifier.domains.deeppoly.state import (
     PolyState,
     bounds,
     linear_lower,
@@ -48,7 +49,6 @@ from verifier.deeppoly_state import (
     size_of,
     start,
 )
-from verifier.domain import Domain
 from verifier.network import (
     Add,
     Concat,

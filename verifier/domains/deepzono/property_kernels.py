@@ -1,6 +1,6 @@
 """DeepZono's property: lower bounds of linear functions C y + d of a dense zonotope y, and
 the fused kernel that runs a whole Dense/activation chain and the property in one call.
-Dense generator matrices are generator-major (gt = G^T, as in verifier.kernels).
+Dense generator matrices are generator-major (gt = G^T, as in deepzono.kernels).
 
 Rounding of the property: with k inputs per row, fl(C G) differs from C G by at most
 gamma(k) |C| |G| entrywise, whose row sums are bounded by gamma(k) |C| rad (rad bounds the
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from verifier.kernels import (
+from verifier.domains.deepzono.kernels import (
     TINY,
     U,
     _affine_centre,

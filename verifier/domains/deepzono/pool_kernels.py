@@ -10,7 +10,7 @@ generator.
 
 Rounding: the difference form is computed term by term; each difference of two generator
 coefficients is exact up to a relative U, and the sum of the n absolute differences is
-widened by gamma(n) (verifier.kernels.widen_up); the difference of the centres by 2U of its
+widened by gamma(n) (deepzono.kernels.widen_up); the difference of the centres by 2U of its
 magnitude. The test is on a lower bound that is therefore below the exact one.
 """
 
@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from verifier.kernels import TINY, U, _enclose, widen_up
-from verifier.memory import csr_bytes, ensure_fits
+from verifier.domains.deepzono.kernels import TINY, U, _enclose, widen_up
+from verifier.numerics.memory import csr_bytes, ensure_fits
 
 
 @njit(cache=True, nogil=True)

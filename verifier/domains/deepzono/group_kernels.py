@@ -12,7 +12,7 @@ dense layer over it is one BLAS product instead of one scattered row update per 
 Rounding: every entry of the result is still a sum of at most n_in products w v, now added
 in a different order and grouping (BLAS partial sums, then the scatter); the a-priori bound
 gamma(n) sum |terms| holds for any order and parenthesisation, with or without FMA, so the
-error box of verifier.kernels._affine_centre (gamma(n_in + 1) over |W| (|c| + rad)) covers
+error box of deepzono.kernels._affine_centre (gamma(n_in + 1) over |W| (|c| + rad)) covers
 it exactly as it covers csr_to_dense_affine's.
 """
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from verifier.kernels import _affine_centre
+from verifier.domains.deepzono.kernels import _affine_centre
 
 MIN_GROUP = 4  # smaller groups are applied entry by entry: a BLAS call costs more than it saves
 

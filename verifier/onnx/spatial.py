@@ -1,4 +1,4 @@
-"""ONNX op handlers for pools, padding and shapes, mixed into verifier.onnx_import's builder.
+"""ONNX op handlers for pools, padding and shapes, mixed into verifier.onnx.importer's builder.
 
 Pools and padding lower onto Conv/MaxPool/Scale layers (average = a Conv with weight 1/k on the
 diagonal channel block); shape ops only change the tracked shape, or, for a Transpose, the

@@ -24,56 +24,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from verifier.rounding import TINY, U, gamma, widen_up  # noqa: F401  (kernels' API)
-
-# ----------------------------------------------------------------------------- input box
-
-
-@njit(cache=True, nogil=True)
-def next_up(a):
-    """In place, a[i] -> np.nextafter(a[i], inf), bit for bit: for a finite non-zero float
-    the neighbour is one integer step of its bit pattern (a libm call per element costs 4x)."""
-    bits = a.view(np.int64)
-    for i in range(a.shape[0]):
-        v = a[i]
-        if 0.0 < v < np.inf:
-            bits[i] += 1
-        elif -np.inf < v < 0.0:
-            bits[i] -= 1
-        else:  # zeros, infinities, NaN
-            a[i] = np.nextafter(v, np.inf)
-
-
-@njit(cache=True, nogil=True)
-def next_down(a):
-    """In place, a[i] -> np.nextafter(a[i], -inf), bit for bit (as next_up)."""
-    bits = a.view(np.int64)
-    for i in range(a.shape[0]):
-        v = a[i]
-        if 0.0 < v < np.inf:
-            bits[i] -= 1
-        elif -np.inf < v < 0.0:
-            bits[i] += 1
-        else:
-            a[i] = np.nextafter(v, -np.inf)
-
-
-@njit(cache=True, nogil=True)
-def linf_box(x, eps, lower, upper):
-    """clip(x - eps) .. clip(x + eps) rounded outward (nextafter) before clipping."""
-    n = x.shape[0]
-    lo = np.empty(n)
-    hi = np.empty(n)
-    for i in range(n):
-        lo[i] = x[i] - eps
-        hi[i] = x[i] + eps
-    if eps > 0.0:
-        next_down(lo)
-        next_up(hi)
-    for i in range(n):
-        lo[i] = min(max(lo[i], lower), upper, x[i])
-        hi[i] = max(min(hi[i], upper), lower, x[i])
-    return lo, hi
+from verifier.numerics.rounding import TINY, U, gamma, next_up, widen_up  # noqa: F401  (kernels' API)
 
 
 @njit(cache=True, nogil=True)

@@ -12,7 +12,7 @@ is known) and every op whose inputs are all constants are evaluated at import.
 Tensors between layers are flattened in C order of the tracked shape (channel, row, column).
 
 Models may be DAGs: every live tensor is tracked by name, and Add/Sum/Sub/Concat of data
-tensors become join layers (verifier.onnx_graph, which also decides where folding is safe).
+tensors become join layers (verifier.onnx.graph, which also decides where folding is safe).
 A model that is a chain gives a chain Network (`sources == ()`).
 """
 
@@ -37,8 +37,8 @@ from verifier.network import (
     Tanh,
     UnsupportedModelError,
 )
-from verifier.onnx_graph import ALIASES, JOINS, JoinOps, Tensor, fold, graph_sources, readers
-from verifier.onnx_spatial import SpatialOps, attr
+from verifier.onnx.graph import ALIASES, JOINS, JoinOps, Tensor, fold, graph_sources, readers
+from verifier.onnx.spatial import SpatialOps, attr
 
 
 def from_onnx_model(model: onnx.ModelProto) -> Network:

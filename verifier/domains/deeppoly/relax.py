@@ -8,7 +8,7 @@ in each kernel), evaluated in floats and widened outward by the rounding of thos
 operations and by F_ERR, the accuracy assumed of float sigmoid and tanh values. Each kernel
 also returns the neurons' output bounds and `mag`, an upper bound of
 max(|slopes|) max|x| + max(|offsets|) that back-substitution uses to bound its rounding
-(see verifier.deeppoly_kernels).
+(see verifier.domains.deeppoly.kernels).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from verifier.deeppoly_kernels import TINY, U
+from verifier.domains.deeppoly.kernels import TINY, U
 
 F_ERR = 1e-14  # absolute accuracy assumed of float sigmoid and tanh values (a few ulp)
 

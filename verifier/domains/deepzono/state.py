@@ -3,7 +3,7 @@
 Its generator matrix is sparse (CSR) from the input through convolutions and pools, where each
 neuron depends on few generators, and dense through fully connected layers (dropping every
 generator no neuron uses; held generator-major, so `dense` is the n x m transposed view of a
-row-major m x n array). The transfers that make and change zonotopes: verifier.deepzono.
+row-major m x n array). The transfers that make and change zonotopes: deepzono.transfers.
 
 Generator identity on graphs: a zonotope's `blocks` name the runs of its generator ids, each
 (tag, end) with a tag drawn once from `BLOCK_TAGS` where those generators were made (an input
@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from verifier import join_kernels as J
-from verifier import kernels as K
 from verifier.box import InputBox
-from verifier.memory import csr_bytes, dense_bytes
+from verifier.domains.deepzono import join_kernels as J
+from verifier.domains.deepzono import kernels as K
+from verifier.numerics.memory import csr_bytes, dense_bytes
 
 BLOCK_TAGS = itertools.count()  # generator block tags, unique per process
 Blocks = tuple[tuple[int, int], ...]
@@ -70,7 +70,7 @@ class Zonotope:
 
     @property
     def nbytes(self) -> int:
-        """The memory the state holds (what verifier.memory's cap counts)."""
+        """The memory the state holds (what verifier.numerics.memory's cap counts)."""
         n = self.c.shape[0]
         if self.is_dense:
             return dense_bytes(n, self.dense.shape[1])

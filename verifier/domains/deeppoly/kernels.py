@@ -15,7 +15,7 @@ over all x' in the layer's sound bounds, where mag[j] >= sum_k |W[j, k]| max|x'_
 (or |slope| max|x'| + |offset| for relaxations) is computed once per layer and rounded up.
 That bound is added to err (rounded up), so the claim holds for the exact reals after every
 step; concretising on a box adds the same kind of bound for its own sums. TINY terms cover
-underflow. The relaxation lines and their `mag` come from verifier.deeppoly_relax.
+underflow. The relaxation lines and their `mag` come from verifier.domains.deeppoly.relax.
 
 On a graph, the rows a layer receives from its several readers are parts of one sum:
 join_rows puts them side by side, so a neuron may appear twice in a block. Every step above
@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from verifier.rounding import TINY, U, gamma, widen_up  # noqa: F401  (kernels' API)
+from verifier.numerics.rounding import TINY, U, gamma, widen_up  # noqa: F401  (kernels' API)
 
 
 @njit(cache=True, nogil=True)

@@ -1,6 +1,6 @@
 """DeepZono convolution of a CSR zonotope, its taps prepared once per network.
 
-Same contract and rounding argument as verifier.kernels: the error of every sum of products
+Same contract and rounding argument as deepzono.kernels: the error of every sum of products
 is bounded by gamma(n) times the sum of the absolute terms and added to the error box.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from verifier.group_kernels import MIN_GROUP, group_blocks, row_groups
-from verifier.kernels import TINY, gamma, widen_up
-from verifier.memory import csr_bytes, ensure_fits
+from verifier.domains.deepzono.group_kernels import MIN_GROUP, group_blocks, row_groups
+from verifier.domains.deepzono.kernels import TINY, gamma, widen_up
+from verifier.numerics.memory import csr_bytes, ensure_fits
 
 CHUNK = 256  # generator ids per BLAS product in the grouped convolution
 
@@ -296,7 +296,7 @@ def _conv_grouped(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, usize, g
 def csr_conv(c, indptr, idx, val, beta, rad, m, tap_k, wtap, bias, min_group=MIN_GROUP):
     """Convolution of a CSR zonotope; tap_k, wtap from conv_taps. Returns (c, indptr, idx,
     val, beta, gsum), gsum a sound upper bound of each output row's sum |G| (widen_up of the
-    sum of the stored values). Checks the memory cap (verifier.memory) before allocating.
+    sum of the stored values). Checks the memory cap (verifier.numerics.memory) before allocating.
     min_group: the smallest row group taken as one BLAS product (larger than the input: none).
 
     Rounding: every output coefficient is a sum over the taps of products w v, added in any

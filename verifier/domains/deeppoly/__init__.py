@@ -1,0 +1,1 @@
+"""DeepPoly: back-substituted linear bounds (state, relaxations, transfers, kernels)."""

@@ -1,0 +1,1 @@
+"""DeepZono: zonotopes with Numba kernels (state, transfers, kernels by layer family)."""

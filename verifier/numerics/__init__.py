@@ -1,0 +1,1 @@
+"""Numerics shared by every domain: outward rounding, activation codes, memory cap, threads."""

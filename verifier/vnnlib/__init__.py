@@ -1,0 +1,1 @@
+"""VNN-LIB properties: the parser of the supported subset."""
