@@ -34,12 +34,13 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
-from verifier.network import load_onnx  # noqa: E402
+from verifier.onnx.importer import load_onnx  # noqa: E402
 from verifier.score import plan_for  # noqa: E402
+from worker.calibrate import calibrate
 from worker.formats.codec import decode_verdict, encode_input  # noqa: E402
 from worker.local import broker  # noqa: E402
 from worker.processor import Processor, Record, Scorer  # noqa: E402
-from worker.profile import Profile, calibrate, save_profile  # noqa: E402
+from worker.profile import Profile, save_profile  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "fnn-3x30-relu.onnx"

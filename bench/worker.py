@@ -37,13 +37,14 @@ import msgpack  # noqa: E402
 import numpy as np  # noqa: E402
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
-from verifier.network import load_onnx  # noqa: E402
+from verifier.onnx.importer import load_onnx  # noqa: E402
 from verifier.score import plan_for, radius_result, score_many  # noqa: E402
 from verifier.walk import Plan  # noqa: E402
+from worker.calibrate import calibrate
 from worker.formats.codec import encode_input  # noqa: E402
 from worker.local import broker  # noqa: E402
 from worker.processor import Processor, Record, Scorer, process_all  # noqa: E402
-from worker.profile import calibrate, load_profile, save_profile  # noqa: E402
+from worker.profile import load_profile, save_profile  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 STREAMS = 8

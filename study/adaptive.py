@@ -26,11 +26,13 @@ from typing import Any
 import numpy as np
 
 from verifier.decide import Proof
-from verifier.network import Network, load_onnx
+from verifier.network import Network
+from verifier.onnx.importer import load_onnx
 from verifier.score import score_many
 from verifier.settings import VERIFIER_VERSION
-from worker.policy import POLICIES, Signals, logit_margins, make_validator
-from worker.profile import Profile, calibrate, load_profile, save_profile
+from worker.calibrate import calibrate
+from worker.policy import Signals, buildable_policies, logit_margins, make_validator
+from worker.profile import Profile, load_profile, save_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 NETWORKS = {
@@ -240,22 +242,11 @@ def algorithm2_runs(profile: Profile, sets: list[AttackSet], held: AttackSet,
     for name, idx in runs.items():
         row: dict[str, Any] = {"network": held.network, "run": name, "n": len(idx),
                                "mean_radius": float(pool.radius[idx].mean())}
-        for policy in _policies(profile):
+        for policy in buildable_policies(profile):
             row[f"rejected_{policy}"] = float(
                 rejected(profile, policy, pool.radius[idx], pool.margin[idx]).mean())
         rows.append(row)
     return rows
-
-
-def _policies(profile: Profile) -> list[str]:
-    out = []
-    for name in POLICIES:
-        try:
-            make_validator(profile, name)
-        except ValueError:
-            continue
-        out.append(name)
-    return out
 
 
 def summary_row(profile: Profile, s: AttackSet) -> dict[str, Any]:
@@ -268,7 +259,7 @@ def summary_row(profile: Profile, s: AttackSet) -> dict[str, Any]:
         "median_radius": float(np.median(s.radius)) if len(s.radius) else float("nan"),
         "mean_margin": float(s.margin.mean()) if len(s.radius) else float("nan"),
     }
-    for policy in _policies(profile):
+    for policy in buildable_policies(profile):
         row[f"rejected_{policy}"] = (float(rejected(profile, policy, s.radius, s.margin).mean())
                                      if len(s.radius) else float("nan"))
     return row

@@ -37,7 +37,8 @@ from verifier.check import margins
 from verifier.network import Network
 from verifier.score import plan_for
 from verifier.settings import VERIFIER_VERSION
-from worker.profile import Profile, false_alarm_threshold
+from worker.guarantee import false_alarm_threshold
+from worker.profile import Profile
 
 MARGIN_EPS = 0.01   # about half the valid inputs' mean DeepZono radius: most stay certified
 FINE_TOL = 1e-4     # the profile's search tolerance (1e-3) is ~5 % of a valid radius

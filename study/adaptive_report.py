@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from worker.policy import buildable_policies
+
 POLICY_LABELS = {"threshold": "threshold", "distribution": "Algorithm 2 (run)",
                  "consistency": "consistency"}
 
@@ -92,8 +94,6 @@ def radii_figure(path: Path, network: str, sets: list[Any], threshold: float) ->
 
 def write_report(out: Path, config: dict[str, Any], results: dict[str, dict[str, Any]]) -> Path:
     """All tables and figures; returns the path of report.md."""
-    from study.adaptive import _policies
-
     out.mkdir(parents=True, exist_ok=True)
     rows = [r for res in results.values() for r in res["rows"]]
     runs = [r for res in results.values() for r in res["runs"]]
@@ -123,7 +123,7 @@ def write_report(out: Path, config: dict[str, Any], results: dict[str, dict[str,
              ""]
     for name, res in results.items():
         profile = res["profile"]
-        policies = _policies(profile)
+        policies = buildable_policies(profile)
         net_rows = [r for r in rows if r["network"] == name]
         rejection_figure(out / f"rejection_{name}.png", name, net_rows, policies)
         radii_figure(out / f"radii_{name}.png", name, [res["held"], *res["sets"]],

@@ -33,10 +33,12 @@ from study.adaptive import (
     verified,
 )
 from verifier.check import margins
-from verifier.network import Network, load_onnx
+from verifier.network import Network
+from verifier.onnx.importer import load_onnx
 from verifier.score import plan_for
 from verifier.settings import VERIFIER_VERSION
-from worker.profile import Profile, false_alarm_threshold
+from worker.guarantee import false_alarm_threshold
+from worker.profile import Profile
 
 SLOPE_EPS = (0.002, 0.005, 0.01)
 Rule = Callable[[np.ndarray], np.ndarray]

@@ -1,7 +1,7 @@
 """Regenerate the shipped artefacts: calibrated profiles and the demo stream recording.
 
 ``python -m study.artefacts`` writes ``models/<model>.profile.json`` for every shipped ONNX
-model (worker.profile.calibrate on test images 500..999 of ``mnist_test_1000.npz``, with
+model (worker.calibrate.calibrate on test images 500..999 of ``mnist_test_1000.npz``, with
 attack sets made on those images) and ``models/demo-stream.rgr`` for the CNN: the first 120
 correctly classified frames of images 0..499, every misclassified frame there, and 20
 adversarial examples per attack, mixed in a fixed-seed order on stream ``cam-1``. The two
@@ -22,7 +22,8 @@ import numpy as np
 
 from study.attacks import AttackSpec, LazyClassifier, attack_spec, run_attack
 from study.data import REPO_ROOT
-from verifier.network import Network, load_onnx
+from verifier.network import Network
+from verifier.onnx.importer import load_onnx
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,8 @@ def make_profile(
     jobs: int, max_false_alarm: float = 0.03, window: int = 50,
 ) -> Path:
     """Calibrate one model on the calibration half of the slice and save its profile."""
-    from worker.profile import calibrate, save_profile
+    from worker.calibrate import calibrate
+    from worker.profile import save_profile
 
     net = load_onnx(onnx_path)
     cal = np.asarray(list(CALIBRATION_IMAGES), dtype=np.int64)

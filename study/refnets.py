@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from study.data import MnistData, load_cifar10, load_mnist, mnist_colour, to_uint8
-from study.train import export_onnx, onnx_op_types, sha256_file
+from study.export import export_onnx, onnx_op_types, sha256_file
 
 INPUT_SHAPE = (3, 32, 32)
 # ERAN's CIFAR-10 normalisation (per channel), part of each network.

@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from study.attacks import DEFAULT_ATTACKS, AttackSpec, LazyClassifier, attack_spec, run_attack
 from study.data import REPO_ROOT
-from verifier.network import Conv, MaxPool, Network, Sigmoid, Tanh, load_onnx
+from verifier.network import Conv, MaxPool, Network, Sigmoid, Tanh
+from verifier.onnx.importer import load_onnx
 from verifier.score import plan_for, score_many
 from verifier.settings import VERIFIER_VERSION, VerifierSettings
 
@@ -351,8 +352,9 @@ def ensure_network(
     if path.is_file():
         return path
     from study.data import load_cifar10, load_mnist, mnist_colour
+    from study.export import export_onnx
     from study.nets import parse_net_name
-    from study.train import export_onnx, train
+    from study.train import train
 
     spec = parse_net_name(netcfg.arch(), seed=netcfg.train_seed)
     if data_spec.startswith("cifar10:"):

@@ -1,6 +1,6 @@
-"""ONNX import into a small layer list of plain numpy data, and a float64 forward pass.
+"""The layer kinds (plain numpy data) a network is made of, and its float64 forward pass.
 
-The op handlers live in verifier.onnx.importer, which lowers every supported op onto these
+ONNX import (verifier.onnx.importer, `load_onnx`) lowers every supported op onto these
 layer kinds. Tensors between layers are flattened in C order (channel, row, column).
 A network is its layers in topological order; a chain reads each layer's input from the one
 before, a graph (residual Add, Concat) names every layer's sources (`Network.sources`).
@@ -8,12 +8,9 @@ before, a graph (residual Add, Concat) names every layer's sources (`Network.sou
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
 
 
 class UnsupportedModelError(ValueError):
@@ -244,25 +241,3 @@ def pool_windows(layer: MaxPool, v: np.ndarray) -> np.ndarray:
     img[:, pt : pt + h, pl : pl + w] = v.reshape(c, h, w)
     return np.stack([img[:, i : i + sh * oh : sh, j : j + sw * ow : sw]
                      for i in range(kh) for j in range(kw)])
-
-
-# ----------------------------------------------------------------------------- ONNX import
-
-
-def load_onnx(path: str | Path) -> Network:
-    """Read an ONNX file into a Network; unsupported ops raise UnsupportedModelError."""
-    path = Path(path)
-    data = path.read_bytes()
-    try:
-        model = onnx.load_from_string(data)
-    except Exception as exc:  # onnx raises DecodeError and others
-        raise UnsupportedModelError(f"{path}: not a readable ONNX model ({exc})") from None
-    net = from_onnx_model(model)
-    return replace(net, sha256=hashlib.sha256(data).hexdigest(), name=path.stem)
-
-
-def from_onnx_model(model: onnx.ModelProto) -> Network:
-    """Convert an in-memory ONNX model (one data input; a chain or a graph) into a Network."""
-    from verifier.onnx.importer import from_onnx_model as convert
-
-    return convert(model)

@@ -18,6 +18,7 @@ from worker.argtypes import (
     positive_int,
     unit_fraction,
 )
+from worker.errors import CliError
 from worker.paths import broker_data_dir, jar_cache_dir
 from worker.policy import POLICIES
 from worker.score import add_arguments as add_score_arguments
@@ -26,10 +27,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # zonotope passes are single
 
 
 DEFAULT_FALSE_ALARM = 0.03
-
-
-class CliError(Exception):
-    """An error to show the user as one line, without a traceback."""
 
 
 def _add_verifier_options(p: argparse.ArgumentParser) -> None:
@@ -138,9 +135,10 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Fit a profile (threshold, Algorithm 2 parameters, seed window) for a model."""
+    from worker.calibrate import calibrate
     from worker.inputs import load_inputs
     from worker.modelfile import load_model
-    from worker.profile import calibrate, save_profile
+    from worker.profile import save_profile
 
     net = load_model(args.model)
     xs = load_inputs(args.valid, net.input_shape)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from verifier.network import Network, UnsupportedModelError, load_onnx
+from verifier.network import Network, UnsupportedModelError
+from verifier.onnx.importer import load_onnx
 
 __all__ = ["load_model"]
 

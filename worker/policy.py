@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from worker.profile import POLICIES as POLICY_NAMES
+from worker.profile import Profile
 from worker.validate import (
     BudgetValidator,
     Decision,
@@ -20,9 +22,9 @@ from worker.validate import (
 
 if TYPE_CHECKING:  # annotations only: the CLI imports policies without loading the verifier
     from verifier.decide import Proof
-    from worker.profile import Profile
 
-__all__ = ["POLICIES", "PolicyValidator", "Signals", "logit_margins", "make_validator"]
+__all__ = ["POLICIES", "PolicyValidator", "Signals", "buildable_policies", "logit_margins",
+           "make_validator"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ POLICIES: dict[str, Callable[[Profile], PolicyValidator]] = {
     "distribution": _distribution,
     "consistency": _consistency,
 }
+assert tuple(POLICIES) == POLICY_NAMES, "worker.profile.POLICIES names the registry"
 
 
 def make_validator(profile: Profile, policy: str | None = None) -> PolicyValidator:
@@ -105,3 +108,15 @@ def logit_margins(logits: np.ndarray) -> np.ndarray:
     """Top logit minus the runner-up, per row of [N, classes] logits."""
     top2 = np.sort(np.atleast_2d(np.asarray(logits, np.float64)), axis=1)[:, -2:]
     return top2[:, 1] - top2[:, 0]
+
+
+def buildable_policies(profile: Profile) -> list[str]:
+    """The registry's policies this profile has the parameters for, in registry order."""
+    out = []
+    for name in POLICIES:
+        try:
+            make_validator(profile, name)
+        except ValueError:
+            continue
+        out.append(name)
+    return out

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker.errors import CliError
 from worker.policy import POLICIES, Signals, logit_margins, make_validator
 
 __all__ = ["COLUMNS", "Scored", "add_arguments", "cmd_score", "score_inputs"]
@@ -48,7 +49,7 @@ def score_inputs(
     jobs: int = 1, batch: int = 32,
 ) -> list[Scored]:
     """Verdicts of the inputs of a file, in order, under the profile's policy (or `policy`)."""
-    from verifier.network import load_onnx
+    from verifier.onnx.importer import load_onnx
     from verifier.score import plan_for
     from worker.formats.codec import encode_input
     from worker.inputs import load_inputs
@@ -111,16 +112,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     """Write the verdicts as CSV and a one-line summary on stderr."""
     out = Path(args.out) if args.out else None
     if out is not None and not out.parent.is_dir():
-        from worker.cli import CliError
-
         raise CliError(f"{out.parent}: no such directory for --out")
     try:
         rows = score_inputs(args.model, args.inputs, args.profile, args.policy, args.jobs)
     except ValueError as exc:
         if type(exc) is not ValueError:
             raise
-        from worker.cli import CliError
-
         raise CliError(str(exc)) from None
     text = to_csv(rows)
     if out is None:

@@ -113,19 +113,6 @@ class WindowState:
     last_offset: int = -1
     pvalue: float | None = None
 
-    def to_bytes(self) -> bytes:
-        """The changelog encoding (worker.formats.windows)."""
-        from worker.formats.windows import encode_window
-
-        return encode_window(self)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> WindowState:
-        """Inverse of to_bytes; ValueError on anything else."""
-        from worker.formats.windows import decode_window
-
-        return decode_window(data)
-
 
 @dataclass(frozen=True)
 class ThresholdValidator:

@@ -19,6 +19,7 @@ from verifier.box import InputBox
 from verifier.network import Network
 from verifier.settings import DOMAIN_NAMES
 from verifier.vnnlib.parser import Disjunct, Spec, VnnlibError, load
+from worker.errors import CliError
 from worker.modelfile import load_model
 
 
@@ -99,8 +100,6 @@ def verify(net: Network, spec: Spec, domain: str = "deepzono") -> Answer:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Print `holds` or `unknown` with the time taken."""
-    from worker.cli import CliError
-
     net = load_model(args.model)
     try:
         spec = load(args.spec)

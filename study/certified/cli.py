@@ -54,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from study.certified.train import Schedule, certified_accuracy, train_certified
-    from study.train import export_onnx, onnx_op_types, sha256_file
+    from study.export import export_onnx, onnx_op_types, sha256_file
 
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)

@@ -20,7 +20,7 @@ pytest.importorskip("matplotlib")
 from study.adaptive import AdaptiveConfig, attack_plan  # noqa: E402
 from study.adaptive_attacks import TorchNet, pgd  # noqa: E402
 from verifier.check import margins  # noqa: E402
-from verifier.network import load_onnx  # noqa: E402
+from verifier.onnx.importer import load_onnx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 NETWORKS = ("cnn-6-16-128-relu", "fnn-3x30-relu")

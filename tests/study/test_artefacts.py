@@ -9,7 +9,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from verifier.network import load_onnx
+from verifier.onnx.importer import load_onnx
 from worker.formats.codec import decode_input
 from worker.formats.recording import read_recording
 from worker.profile import check_model, load_profile

@@ -82,9 +82,9 @@ def test_schedule_ramps_eps_kappa_and_beta() -> None:
 
 def test_two_epochs_of_certified_training_certify_more_than_standard(tmp_path) -> None:
     from study.data import load_mnist
-    from study.train import export_onnx
+    from study.export import export_onnx
     from verifier.decide import decide_many
-    from verifier.network import load_onnx
+    from verifier.onnx.importer import load_onnx
 
     data = load_mnist()
     x, y = data.train_x[:10000], data.train_y[:10000]

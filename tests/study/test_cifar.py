@@ -129,7 +129,8 @@ def test_lenet5_is_trained_on_cifar_batches_and_studied(tmp_path: Path) -> None:
     })
     run_study(cfg, tmp_path / "out")
     onnx_path = tmp_path / "out" / "models" / "lenet5-tanh.onnx"
-    from verifier.network import Conv, load_onnx
+    from verifier.network import Conv
+    from verifier.onnx.importer import load_onnx
 
     net = load_onnx(onnx_path)
     assert net.input_shape == (3, 32, 32)

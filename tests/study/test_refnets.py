@@ -6,10 +6,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from study.data import MnistData, mnist_colour  # noqa: E402
+from study.export import export_onnx  # noqa: E402
 from study.nets import parse_net_name  # noqa: E402
 from study.refnets import NETS, neurons  # noqa: E402
-from study.train import export_onnx  # noqa: E402
-from verifier.network import Add, Conv, load_onnx  # noqa: E402
+from verifier.network import Add, Conv  # noqa: E402
+from verifier.onnx.importer import load_onnx  # noqa: E402
 
 
 def _export(name, tmp_path):

@@ -232,7 +232,7 @@ def test_network_subset_selection() -> None:
 
 
 def test_hopskipjump_is_reproducible_and_adversarial() -> None:
-    from verifier.network import load_onnx
+    from verifier.onnx.importer import load_onnx
 
     net = load_onnx(MODEL)
     with np.load(SLICE) as z:

@@ -14,18 +14,8 @@ from hypothesis import strategies as st
 from verifier.box import InputBox
 from verifier.domains.deeppoly.transfers import DEEPPOLY
 from verifier.domains.deepzono.transfers import DEEPZONO
-from verifier.network import (
-    Conv,
-    Dense,
-    MaxPool,
-    Network,
-    Relu,
-    Scale,
-    Sigmoid,
-    Tanh,
-    apply_layer,
-    load_onnx,
-)
+from verifier.network import Conv, Dense, MaxPool, Network, Relu, Scale, Sigmoid, Tanh, apply_layer
+from verifier.onnx.importer import load_onnx
 from verifier.score import certified_radius
 from verifier.settings import VerifierSettings
 from verifier.walk import Plan, analyse, margins, output_bounds

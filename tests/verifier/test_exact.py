@@ -13,16 +13,8 @@ import pytest
 
 from verifier import VerifierSettings, certified_radius
 from verifier.exact import ExactResult, exact_radius
-from verifier.network import (
-    Conv,
-    Dense,
-    MaxPool,
-    Network,
-    Relu,
-    Sigmoid,
-    UnsupportedModelError,
-    load_onnx,
-)
+from verifier.network import Conv, Dense, MaxPool, Network, Relu, Sigmoid, UnsupportedModelError
+from verifier.onnx.importer import load_onnx
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 FNN_PATH = MODELS_DIR / "fnn-3x30-relu.onnx"

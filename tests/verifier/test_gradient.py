@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from tests.verifier import onnx_builders
 from tests.verifier.test_deepzono_graphs import _random_dag
 from verifier.gradient import VJPS, activation_depth, linear_radius, margin_gradients
-from verifier.network import Dense, Layer, Network, from_onnx_model, load_onnx
+from verifier.network import Dense, Layer, Network
+from verifier.onnx.importer import from_onnx_model, load_onnx
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 

@@ -19,8 +19,8 @@ from verifier.network import (
     LeakyRelu,
     Scale,
     UnsupportedModelError,
-    from_onnx_model,
 )
+from verifier.onnx.importer import from_onnx_model
 from verifier.walk import Plan, output_bounds
 
 RNG = np.random.default_rng(11)

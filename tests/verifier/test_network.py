@@ -5,15 +5,8 @@ import onnxruntime as ort
 import pytest
 
 from tests.verifier import onnx_builders as B
-from verifier.network import (
-    Conv,
-    Dense,
-    MaxPool,
-    Relu,
-    UnsupportedModelError,
-    from_onnx_model,
-    load_onnx,
-)
+from verifier.network import Conv, Dense, MaxPool, Relu, UnsupportedModelError
+from verifier.onnx.importer import from_onnx_model, load_onnx
 
 
 def _ort(model, x):

@@ -8,7 +8,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from verifier.box import InputBox
 from verifier.domains import get_domain
-from verifier.network import Conv, Dense, MaxPool, Scale, UnsupportedModelError, from_onnx_model
+from verifier.network import Conv, Dense, MaxPool, Scale, UnsupportedModelError
+from verifier.onnx.importer import from_onnx_model
 from verifier.settings import DOMAIN_NAMES
 from verifier.walk import Plan, output_bounds
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from verifier import VerifierSettings, is_robust, plan_for, radius_result, score_many
-from verifier.network import load_onnx
+from verifier.onnx.importer import load_onnx
 from verifier.score import certified_margin
 from verifier.search import SearchHint, bisect, grid_size, run_search, secant, secant_search
 

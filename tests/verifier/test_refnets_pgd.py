@@ -19,14 +19,15 @@ import pytest
 
 from verifier import VerifierSettings
 from verifier.box import InputBox
-from verifier.network import Add, load_onnx
+from verifier.network import Add
+from verifier.onnx.importer import load_onnx
 from verifier.score import radius_result
 
 torch = pytest.importorskip("torch")
 from study.adaptive_attacks import TorchNet, pgd  # noqa: E402
 from study.data import MnistData, from_uint8, mnist_colour  # noqa: E402
+from study.export import export_onnx  # noqa: E402
 from study.refnets import INPUT_SHAPE, NETS, train  # noqa: E402
-from study.train import export_onnx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 REFNETS = ROOT / "models" / "refnets"

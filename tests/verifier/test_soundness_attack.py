@@ -14,7 +14,8 @@ import pytest
 
 from verifier import VerifierSettings, certified_radius
 from verifier.box import InputBox
-from verifier.network import Network, load_onnx
+from verifier.network import Network
+from verifier.onnx.importer import load_onnx
 
 torch = pytest.importorskip("torch")
 onnx2torch = pytest.importorskip("onnx2torch")

@@ -16,7 +16,8 @@ from kafka import KafkaConsumer, TopicPartition
 from PIL import Image
 
 from tests.kafka_fixtures import JAR_CACHE
-from verifier.network import load_onnx
+from verifier.onnx.importer import load_onnx
+from worker.calibrate import calibrate
 from worker.cli import main
 from worker.formats.codec import decode_input
 from worker.formats.recording import Recorded, read_recording, records_from_arrays, write_recording
@@ -24,7 +25,7 @@ from worker.kafka.config import ConfigError, ServiceConfig, client_settings, kaf
 from worker.local import broker
 from worker.local.demo import Tally, format_report
 from worker.metrics import Metrics, _route
-from worker.profile import calibrate, load_profile, save_profile
+from worker.profile import load_profile, save_profile
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from verifier.network import load_onnx
+from verifier.onnx.importer import load_onnx
 from worker.cli import build_parser, main
 from worker.formats.recording import (
     Recorded,

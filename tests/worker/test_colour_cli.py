@@ -14,7 +14,7 @@ import pytest
 from onnx import helper
 
 from tests.verifier.onnx_builders import _model
-from verifier.network import load_onnx
+from verifier.onnx.importer import load_onnx
 from verifier.score import score_many
 from worker.cli import main
 

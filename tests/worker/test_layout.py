@@ -114,7 +114,7 @@ def test_cli_radius_on_a_colour_conv_model_in_both_layouts(tmp_path, capsys):
 def test_colour_calibration_and_worker_processing(tmp_path):
     """Calibrate from a channels-last file through the CLI, then the worker's processor gives
     the same verdicts for records in either layout and refuses other shapes."""
-    from verifier.network import load_onnx
+    from verifier.onnx.importer import load_onnx
     from verifier.score import plan_for
     from worker.processor import Processor, Record, Scorer, process_all
     from worker.profile import load_profile

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from verifier.decide import Proof
-from verifier.network import load_onnx
+from verifier.onnx.importer import load_onnx
 from verifier.score import score_many
+from worker.calibrate import calibrate, fit_consistency
 from worker.policy import POLICIES, Signals, logit_margins, make_validator
-from worker.profile import ProfileError, calibrate, fit_consistency, profile_from_dict
+from worker.profile import ProfileError, profile_from_dict
 from worker.validate import ConsistencyValidator
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 from verifier.decide import decide_many
-from verifier.network import load_onnx
+from verifier.onnx.importer import load_onnx
 from verifier.score import RadiusResult, plan_for, score_many
 from verifier.walk import Plan
 from worker.formats.codec import encode_input
+from worker.formats.windows import decode_window, encode_window
+from worker.policy import make_validator
 from worker.processor import Processor, Record, Scorer, process_all
 from worker.profile import CalibrationStats, Profile, VerifierSettings
-from worker.validate import WindowState
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
@@ -87,12 +88,12 @@ def _expected(znet: Plan, profile: Profile, images: np.ndarray, policy: str,
               stream: str) -> list[tuple]:
     xs = images.reshape(len(images), -1) / 255.0
     if policy == "threshold":  # a decision at the budget by the profile's stages, no radius
-        budget = profile.validator(policy).budget  # no guaranteed_budget: the threshold
+        budget = make_validator(profile, policy).rule.budget  # no guaranteed_budget: the threshold
         proofs = decide_many(znet.net, xs, budget, profile.verifier, jobs=2)
         return [(f"{stream}-{i}", "accept" if p.proved else "reject", None, "threshold", None)
                 for i, p in enumerate(proofs)]
     radii = score_many(znet, xs, jobs=2)
-    validator = profile.validator(policy)
+    validator = make_validator(profile, policy).rule
     state = profile.initial_state()
     out = []
     for i, res in enumerate(radii):
@@ -135,7 +136,7 @@ def test_batching_order_and_restored_windows_change_nothing(znet, profile, score
     first = [r for r in records if r.offset < half]
     second = [r for r in records if r.offset >= half]
     part1 = process_all(proc, first, batch=5)
-    restored = {k: WindowState.from_bytes(s.to_bytes()) for k, s in part1.states.items()}
+    restored = {k: decode_window(encode_window(s)) for k, s in part1.states.items()}
     before = dict(restored)
     part2 = proc.process(second, restored)
     assert restored == before  # the caller's windows are not modified

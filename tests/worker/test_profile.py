@@ -11,20 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from verifier.network import Dense, Network, Relu, load_onnx
+from verifier.network import Dense, Network, Relu
+from verifier.onnx.importer import load_onnx
 from verifier.score import score_many
 from verifier.settings import VerifierSettings
-from worker.profile import (
-    SIGMA0_FACTORS,
-    Profile,
-    ProfileError,
-    calibrate,
-    check_model,
-    false_alarm_threshold,
-    load_profile,
-    roc_curve,
-    save_profile,
-)
+from worker.calibrate import SIGMA0_FACTORS, calibrate, roc_curve
+from worker.guarantee import false_alarm_threshold
+from worker.policy import make_validator
+from worker.profile import Profile, ProfileError, check_model, load_profile, save_profile
 from worker.validate import BudgetValidator, DistributionValidator, replay
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -175,7 +169,7 @@ def test_calibrate_scores_attacks(tiny, tiny_profile) -> None:
     radii = _valid_radii(net, *tiny[1:])
     roc, auc = roc_curve(radii, adv)
     assert a.roc == roc and a.auc == auc
-    v = tiny_profile.validator("distribution")
+    v = make_validator(tiny_profile, "distribution").rule
     decisions, _ = replay(v, tiny_profile.initial_state(), adv.tolist())
     assert a.rejection_rate_distribution == np.mean([d.verdict == "reject" for d in decisions])
 
@@ -219,13 +213,13 @@ def test_save_load_round_trip(tmp_path: Path, tiny_profile: Profile) -> None:
 
 def test_profile_validators_use_its_parameters(tiny_profile: Profile) -> None:
     budget = tiny_profile.guaranteed_budget
-    assert tiny_profile.validator() == BudgetValidator(
+    assert make_validator(tiny_profile).rule == BudgetValidator(
         tiny_profile.threshold if budget is None else budget)
-    d = tiny_profile.validator("distribution")
+    d = make_validator(tiny_profile, "distribution").rule
     assert d == DistributionValidator(tiny_profile.sigma0, tiny_profile.sigma1, 20)
     assert tiny_profile.initial_state().radii == tiny_profile.seed_window
     with pytest.raises(ValueError):
-        tiny_profile.validator("vibes")
+        make_validator(tiny_profile, "vibes")
 
 
 def _write(tmp_path: Path, data: object) -> Path:

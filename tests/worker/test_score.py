@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from verifier.network import load_onnx
+from verifier.onnx.importer import load_onnx
 from verifier.score import plan_for, score_many
+from worker.calibrate import calibrate
 from worker.cli import main
 from worker.formats.codec import encode_input
 from worker.policy import POLICIES, logit_margins
 from worker.processor import Processor, Record, Scorer, process_all
-from worker.profile import calibrate, save_profile
+from worker.profile import save_profile
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 

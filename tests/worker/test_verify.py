@@ -5,7 +5,7 @@ import pytest
 from onnx import helper
 
 from tests.verifier import onnx_builders as B
-from verifier.network import from_onnx_model
+from verifier.onnx.importer import from_onnx_model
 from verifier.settings import DOMAIN_NAMES
 from verifier.vnnlib.parser import VnnlibError, parse
 from worker.cli import main

@@ -18,7 +18,9 @@ A model that is a chain gives a chain Network (`sources == ()`).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -392,3 +394,15 @@ _COMMUTES_WITH_PERMUTATION = {
     "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Identity", "Dropout", "Flatten", "Reshape", "Squeeze",
     "Unsqueeze", "Transpose", "Gemm", "MatMul",
 }
+
+
+def load_onnx(path: str | Path) -> Network:
+    """Read an ONNX file into a Network; unsupported ops raise UnsupportedModelError."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as exc:  # onnx raises DecodeError and others
+        raise UnsupportedModelError(f"{path}: not a readable ONNX model ({exc})") from None
+    net = from_onnx_model(model)
+    return replace(net, sha256=hashlib.sha256(data).hexdigest(), name=path.stem)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import msgpack
 
-if TYPE_CHECKING:
-    from worker.validate import WindowState
+from worker.validate import WindowState
 
 STATE_VERSION = 1
 
@@ -28,8 +25,6 @@ def encode_window(state: WindowState) -> bytes:
 
 def decode_window(data: bytes) -> WindowState:
     """Inverse of encode_window; ValueError naming what is wrong on anything else."""
-    from worker.validate import WindowState
-
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:

@@ -18,6 +18,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 
+from worker.formats.windows import decode_window
 from worker.kafka.config import ServiceConfig, client_settings
 from worker.kafka.errors import RestoreError
 from worker.metrics import Metrics
@@ -173,7 +174,7 @@ class WindowRestorer:
                             continue
                         stream = m.key.decode("utf-8", "replace")
                         try:
-                            states[(tp.partition, stream)] = WindowState.from_bytes(m.value)
+                            states[(tp.partition, stream)] = decode_window(m.value)
                         except ValueError as exc:
                             raise RestoreError(
                                 f"changelog {tp.topic}/{tp.partition} offset {m.offset}: {exc}"

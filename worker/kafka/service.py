@@ -29,7 +29,7 @@ import structlog
 from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 
-from verifier.network import load_onnx
+from verifier.onnx.importer import load_onnx
 from verifier.score import plan_for
 from worker.formats.codec import Limits
 from worker.kafka.assignment import Listener, Partitions, WindowRestorer

@@ -15,6 +15,7 @@ from kafka.structs import OffsetAndMetadata
 
 from worker.formats.codec import encode_verdict
 from worker.formats.deadletter import dead_letter_headers
+from worker.formats.windows import encode_window
 from worker.kafka.config import ServiceConfig, client_settings
 from worker.kafka.errors import ServiceError
 from worker.kafka.internals import transaction_manager, wake_sender
@@ -140,7 +141,7 @@ class Transactions:
             headers = dead_letter_headers(dl.error, src.topic, src.partition, src.offset, dropped)
             producer.send(cfg.dlq_topic, key=dl.key, value=value, headers=headers)
         for (partition, stream), state in result.states.items():
-            producer.send(cfg.changelog_topic, key=stream.encode(), value=state.to_bytes(),
+            producer.send(cfg.changelog_topic, key=stream.encode(), value=encode_window(state),
                           partition=partition)
         txn = transaction_manager(producer)
         self._await(producer, txn.send_offsets_to_transaction(batch.offsets, batch.group),

@@ -167,7 +167,7 @@ def _check_artefacts(model: Path, profile: Path, stream: Path) -> None:
             f"missing {what}; pass --model/--profile/--stream, or create them "
             "(`make models`, `radiusguard calibrate`, `radiusguard record`)"
         )
-    from verifier.network import load_onnx
+    from verifier.onnx.importer import load_onnx
     from worker.profile import check_model, load_profile
 
     check_model(load_profile(profile), load_onnx(model))

@@ -10,11 +10,12 @@ import pytest
 
 from tests.worker.http.test_server import _call, _columns, _tensor, serving
 from tests.worker.test_layout import SHAPE, _colour_model
-from verifier.network import load_onnx
+from verifier.onnx.importer import load_onnx
 from verifier.score import score_many
+from worker.calibrate import calibrate
 from worker.formats.codec import InputRecord, Invalid, decode_input, encode_input
 from worker.http.oip import RequestError, parse_infer
-from worker.profile import calibrate, save_profile
+from worker.profile import save_profile
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 

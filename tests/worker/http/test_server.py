@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from verifier.network import load_onnx
+from verifier.onnx.importer import load_onnx
 from verifier.score import plan_for
 from worker.formats.codec import encode_input
 from worker.processor import Processor, Record, Scorer, process_all

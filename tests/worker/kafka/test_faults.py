@@ -27,6 +27,7 @@ from tests.kafka_fixtures import LocalBroker
 from tests.worker.kafka.test_service import (
     FNN,
     MNIST,
+    UINT8,
     Key,
     Stream,
     VerdictReader,
@@ -35,9 +36,11 @@ from tests.worker.kafka.test_service import (
     _key,
     _produce,
 )
-from verifier.network import load_onnx
+from verifier.onnx.importer import load_onnx
 from verifier.score import score_many
 from worker.formats.codec import encode_input
+from worker.policy import make_validator
+from worker.processor import certificate_of
 from worker.profile import load_profile
 
 pytestmark = [pytest.mark.kafka, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
@@ -59,8 +62,8 @@ KAFKA_SETTINGS = {  # fast failure detection and reconnection for the test worke
 
 
 @pytest.fixture(scope="module")
-def pool() -> tuple[np.ndarray, list[float]]:
-    """POOL uint8 images (MNIST digits and some noise) and their certified radii."""
+def pool() -> tuple[np.ndarray, list]:
+    """POOL uint8 images (MNIST digits and some noise) and their radius results."""
     data = np.load(MNIST)
     rng = np.random.default_rng(11)
     xs = np.concatenate([data["x"][200 : 200 + POOL - 40],
@@ -68,7 +71,7 @@ def pool() -> tuple[np.ndarray, list[float]]:
     xs = xs[rng.permutation(POOL)]
     v = load_profile(PROFILE).verifier
     results = score_many(load_onnx(FNN), xs.reshape(POOL, -1) / 255.0, v, jobs=2)
-    return xs, [r.radius for r in results]
+    return xs, results
 
 
 def _image_index(stream: int, i: int) -> int:
@@ -93,18 +96,21 @@ def streams(pool) -> list[Stream]:
 @pytest.fixture(scope="module")
 def reference(pool) -> dict[str, list[Key]]:
     """Per stream, the verdict sequence one worker computes: Algorithm 2 over the pool radii."""
-    _, radii = pool
+    _, results = pool
     prof = load_profile(PROFILE)
+    sha = load_onnx(FNN).sha256
     out = {}
     for k in range(STREAMS):
         name = f"s{k:02d}"
-        validator, state = prof.validator("distribution"), prof.initial_state()
+        validator, state = make_validator(prof, "distribution").rule, prof.initial_state()
         seq = []
         for i in range(PER_STREAM):
-            r = radii[_image_index(k, i)]
-            decision, state = validator.step(state, r)
-            seq.append(_key({"id": f"{name}-{i}", "verdict": decision.verdict, "radius": r,
-                             "rule": decision.rule, "pvalue": decision.pvalue}))
+            res = results[_image_index(k, i)]
+            decision, state = validator.step(state, res.radius)
+            seq.append(_key({"id": f"{name}-{i}", "verdict": decision.verdict,
+                             "radius": res.radius, "rule": decision.rule,
+                             "pvalue": decision.pvalue,
+                             "certificate": certificate_of(res, prof.verifier, sha, UINT8)}))
         out[name] = seq
     verdicts = {key[1] for seq in out.values() for key in seq}
     assert {"accept", "reject"} <= verdicts  # both outcomes are exercised

@@ -3,6 +3,7 @@ input with several workers, rebalances and SIGTERM; dead letters; refusals to st
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -26,19 +27,23 @@ from kafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
 
 from verifier.decide import decide_many
-from verifier.network import load_onnx
+from verifier.onnx.importer import load_onnx
 from verifier.score import score_many
+from worker.calibrate import calibrate
 from worker.cli import main
 from worker.formats.codec import decode_verdict, encode_input, encode_verdict
+from worker.formats.windows import encode_window
 from worker.kafka.config import ConfigError, ServiceConfig
 from worker.kafka.service import Service, WindowRestorer
 from worker.policy import make_validator
-from worker.profile import Profile, calibrate, save_profile
+from worker.processor import certificate_of
+from worker.profile import Profile, save_profile
 
 pytestmark = [pytest.mark.kafka, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
 ROOT = Path(__file__).resolve().parents[3]
 FNN = ROOT / "models" / "fnn-3x30-relu.onnx"
+UINT8 = "uint8/255"  # the preprocessing the certificates of uint8 records name
 MNIST = ROOT / "models" / "mnist_test_1000.npz"
 PARTITIONS = 4
 PER_STREAM = 60
@@ -95,14 +100,16 @@ def profile(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Profile]:
     return path, prof
 
 
-Key = tuple[str, str, float | None, str, object]
+Key = tuple[str, str, float | None, str, object, str]
 
 
 def _key(v: dict) -> Key:
-    """What determinism covers: id, verdict, radius, rule, p-value (NaN compared as a label)."""
+    """What determinism covers: id, verdict, radius, rule, p-value (NaN compared as a label)
+    and the certificate, every field (JSON with sorted keys)."""
     p = v.get("pvalue")
     return (v["id"], v["verdict"], v["radius"], v["rule"],
-            "nan" if isinstance(p, float) and math.isnan(p) else p)
+            "nan" if isinstance(p, float) and math.isnan(p) else p,
+            json.dumps(v.get("certificate"), sort_keys=True))
 
 
 @pytest.fixture(scope="module")
@@ -120,18 +127,20 @@ def reference(streams: list[Stream], profile: tuple[Path, Profile]) -> dict[str,
                 budget = make_validator(prof, policy).budget
                 per_stream[s.name] = [
                     _key({"id": rid, "verdict": "accept" if p.proved else "reject",
-                          "radius": None, "rule": "threshold", "pvalue": None})
+                          "radius": None, "rule": "threshold", "pvalue": None,
+                          "certificate": certificate_of(p, v, net.sha256, UINT8)})
                     for rid, p in zip(s.ids, decide_many(net, xs, budget, v, jobs=2),
                                       strict=True)]
                 continue
             radii = score_many(net, xs, v, jobs=2)
-            validator = prof.validator(policy)
+            validator = make_validator(prof, policy).rule
             state = prof.initial_state() if policy == "distribution" else None
             seq = []
             for rid, res in zip(s.ids, radii, strict=True):
                 decision, state = validator.step(state, res.radius)
                 seq.append(_key({"id": rid, "verdict": decision.verdict, "radius": res.radius,
-                                 "rule": decision.rule, "pvalue": decision.pvalue}))
+                                 "rule": decision.rule, "pvalue": decision.pvalue,
+                                 "certificate": certificate_of(res, v, net.sha256, UINT8)}))
             per_stream[s.name] = seq
         out[policy] = per_stream
     return out
@@ -541,7 +550,7 @@ def test_aborted_transaction_is_redone_exactly_once(
             producer.send(cfg.output_topic, key=key, value=encode_verdict(verdict))
         for (partition, stream), state in batch.result.states.items():
             poisoned = replace(state, radii=tuple(0.0 for _ in state.radii))
-            producer.send(cfg.changelog_topic, key=stream.encode(), value=poisoned.to_bytes(),
+            producer.send(cfg.changelog_topic, key=stream.encode(), value=encode_window(poisoned),
                           partition=partition)
         producer.flush()
         raise KafkaError("injected failure before the commit")
@@ -578,10 +587,10 @@ def test_restore_waits_for_an_open_transaction(
                              transactional_id=f"t-{uuid.uuid4().hex[:8]}")
     producer.init_transactions()
     producer.begin_transaction()
-    producer.send(cfg.changelog_topic, key=b"cam", value=old.to_bytes(), partition=1)
+    producer.send(cfg.changelog_topic, key=b"cam", value=encode_window(old), partition=1)
     producer.commit_transaction()
     producer.begin_transaction()
-    producer.send(cfg.changelog_topic, key=b"cam", value=new.to_bytes(), partition=1)
+    producer.send(cfg.changelog_topic, key=b"cam", value=encode_window(new), partition=1)
     producer.flush()  # written, not committed: the new owner must wait for the outcome
     timer = threading.Timer(1.5, producer.commit_transaction)
     restorer = WindowRestorer(cfg)
