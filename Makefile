@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 PYTHON  := $(BIN)/python
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: setup setup-worker test test-fast lint docs demo kafka kafka-stop bench bench-scale soak fuzz study-quick study study-domains study-cifar adaptive artefacts models clean
+.PHONY: setup setup-worker test test-fast lint docs demo kafka kafka-stop bench bench-scale soak fuzz study-quick study study-domains study-cifar adaptive certified artefacts models clean
 
 $(PYTHON):
 	$(PY) -m venv $(VENV)
@@ -73,8 +73,12 @@ study-cifar:  ## Table I's LeNet-5 rows; CIFAR=DIR of the CIFAR-10 python batche
 artefacts:  ## recalibrate the shipped profiles and rebuild the demo stream
 	$(PYTHON) -m study.artefacts
 
-models:  ## retrain the reference models (needs the study extra)
+models:  ## retrain the reference models and the certified CNN (needs the study extra)
 	$(PYTHON) -m study.train --nets fnn-3x30-relu,fnn-3x30-sigmoid,fnn-3x30-tanh,cnn-6-16-128-relu --out models/ --slice
+	$(BIN)/radiusguard train --certified 0.2 --net cnn-32-64-256-relu --epochs 30 --ramp 12 --name cnn-certified --out models
+
+certified:  ## attacks at budgets 0.5 tau..0.3 against the standard and the certified CNN; reports/certified/
+	$(PYTHON) -m study.certified.evaluate --out reports/certified
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build *.egg-info site

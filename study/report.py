@@ -1,9 +1,10 @@
 """The study report from ``results.json``: Markdown, CSV tables and PNG figures.
 
 Writes ``table1.csv``, ``table2.csv``, ``roc.csv``, ``auc.csv``, ``algorithm2.csv``,
-``report.md`` and one set of PNGs per network. Every section states the paper's finding and
-whether ours confirms or contradicts it. ``python -m study.report OUT`` rebuilds the report
-from ``OUT/results.json`` without recomputing anything.
+``budget.csv`` (tau against false alarms), ``report.md`` and one set of PNGs per network. Every
+section states the paper's finding and whether ours confirms or contradicts it.
+``python -m study.report OUT`` rebuilds the report from ``OUT/results.json`` without
+recomputing anything.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from study import domains_report, paper
+from study import budget_report, domains_report, paper
 from worker.validate import DistributionValidator, normality_pvalue, replay
 
 THRESHOLDS: tuple[float, ...] = tuple(round(0.002 * k, 3) for k in range(1, 9))
@@ -336,6 +337,10 @@ def write_report(results: Mapping[str, Any], out: str | Path) -> Path:
     domain_rows = domains_report.rows(results)
     if domain_rows:
         _write_csv(out / "domains.csv", domain_rows, domains_report.COLUMNS)
+    budget = budget_report.rows({n["name"]: pooled(n, "valid") for n in results["networks"]})
+    if budget:
+        _write_csv(out / "budget.csv", budget, budget_report.COLUMNS)
+        budget_report.figure(budget, out / "budget.png")
     figures = write_figures(results, roc, out)
     text = render(results, t1, t2, aucs, alg2, figures)
     path = out / "report.md"
@@ -384,7 +389,9 @@ def render(
            *_section_counts(results, figures),
            *_section_hist(results, figures), *_section_exact(results, figures),
            *_section_alg2(alg2, cfg), *_section_time(t1),
-           *domains_report.section(domains_report.rows(results))]
+           *domains_report.section(domains_report.rows(results)),
+           *budget_report.section(budget_report.rows(
+               {n["name"]: pooled(n, "valid") for n in results["networks"]}))]
     return "\n".join(md) + "\n"
 
 

@@ -129,13 +129,26 @@ def test_report_states_paper_findings_with_verdicts(study_out: Path) -> None:
     assert len(sections) >= 8
     for section in sections:
         assert "Paper" in section, section.splitlines()[0]
-        undecided = ("not reproduced", "Not run", "no network had enough data")
+        undecided = ("not reproduced", "Not run", "no network had enough data", "no counterpart")
         if not any(u in section for u in undecided):
             assert "**confirms**" in section or "**contradicts**" in section, section[:60]
     assert (study_out / "algorithm2.csv").is_file()
     alg2 = _rows(study_out / "algorithm2.csv")
     assert {r["sigmas"] for r in alg2} == {"paper", "calibrated"}
     assert {r["order"] for r in alg2} == {"sequence", "shuffle-0", "shuffle-1"}
+
+
+def test_budget_table_gives_tau_for_each_false_alarm_share(study_out: Path) -> None:
+    rows = _rows(study_out / "budget.csv")
+    names = {r["network"] for r in rows}
+    assert "fnn-3x30-relu" in names
+    for name in names:
+        pts = sorted((float(r["false_alarm"]), float(r["tau"])) for r in rows
+                     if r["network"] == name)
+        taus = [t for _, t in pts]
+        assert taus == sorted(taus) and taus[0] >= 0  # more false alarms buy a larger tau
+    assert (study_out / "budget.png").stat().st_size > 1000
+    assert "## The guaranteed budget against false alarms" in (study_out / "report.md").read_text()
 
 
 def test_rerun_resumes_from_the_cache(study_out: Path, monkeypatch) -> None:
