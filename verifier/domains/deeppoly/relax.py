@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit
 
 from verifier.domains.deeppoly.kernels import TINY, U
+from verifier.numerics.activations import SIGMOID, TANH
 
 F_ERR = 1e-14  # absolute accuracy assumed of float sigmoid and tanh values (a few ulp)
 
@@ -104,7 +105,7 @@ def leaky_relax(alpha, lo, hi):
 @njit(cache=True, nogil=True)
 def _f(kind, x):
     """sigmoid (kind 1) or tanh (kind 2), within F_ERR of the exact value."""
-    if kind == 1:
+    if kind == SIGMOID:
         return 1.0 / (1.0 + np.exp(-x))
     return np.tanh(x)
 
@@ -112,11 +113,11 @@ def _f(kind, x):
 @njit(cache=True, nogil=True)
 def _df(kind, x):
     """f'(x) to a few ulp: sigmoid' = e / (1 + e)^2, e = exp(-|x|); tanh'(x) = 4 sigmoid'(2x)."""
-    if kind == 2:
+    if kind == TANH:
         x = 2.0 * x
     e = np.exp(-abs(x))
     d = e / ((1.0 + e) * (1.0 + e))
-    return 4.0 * d if kind == 2 else d
+    return 4.0 * d if kind == TANH else d
 
 
 @njit(cache=True, nogil=True)
@@ -140,7 +141,7 @@ def smooth_relax(kind, lo, hi):
     uf = np.empty(n)
     out_lo = np.empty(n)
     out_hi = np.empty(n)
-    dmax = 0.25 if kind == 1 else 1.0
+    dmax = 0.25 if kind == SIGMOID else 1.0
     for j in range(n):
         lw, up = lo[j], hi[j]
         fl, fu = _f(kind, lw), _f(kind, up)

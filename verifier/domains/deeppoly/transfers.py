@@ -61,6 +61,7 @@ from verifier.network import (
     Sigmoid,
     Tanh,
 )
+from verifier.numerics.activations import RELU, SIGMOID, TANH
 
 # ----------------------------------------------------------------------------- affine layers
 
@@ -181,8 +182,8 @@ def _relaxed(state: PolyState, relax: tuple) -> PolyState:
 
 def _activation(kind: int) -> Callable[[object, PolyState], PolyState]:
     def transfer(_layer: object, state: PolyState) -> PolyState:
-        lo, hi = node_bounds(state.box, state.last, settle=kind == 0)
-        relax = R.relu_relax(lo, hi) if kind == 0 else R.smooth_relax(kind, lo, hi)
+        lo, hi = node_bounds(state.box, state.last, settle=kind == RELU)
+        relax = R.relu_relax(lo, hi) if kind == RELU else R.smooth_relax(kind, lo, hi)
         return _relaxed(state, relax)
 
     return transfer
@@ -231,10 +232,10 @@ DEEPPOLY = Domain(
         Conv: _conv,
         Scale: _scale,
         MaxPool: _pool,
-        Relu: _activation(0),
+        Relu: _activation(RELU),
         LeakyRelu: _leaky,
-        Sigmoid: _activation(1),
-        Tanh: _activation(2),
+        Sigmoid: _activation(SIGMOID),
+        Tanh: _activation(TANH),
         Add: _add,
         Concat: _concat,
     },

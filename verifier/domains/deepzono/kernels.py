@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from verifier.numerics.activations import RELU, SIGMOID
 from verifier.numerics.rounding import TINY, U, gamma, next_up, widen_up  # noqa: F401  (kernels' API)
 
 
@@ -271,7 +272,7 @@ def relaxation(kind, lo, hi):
     for i in range(n):
         lw = lo[i]
         up = hi[i]
-        if kind == 0:
+        if kind == RELU:
             if up <= 0.0:
                 lam[i], mu[i], nu[i] = 0.0, 0.0, -1.0
             elif lw >= 0.0:
@@ -285,7 +286,7 @@ def relaxation(kind, lo, hi):
                 mid, half = _enclose(0.0, top)
                 lam[i], mu[i], nu[i] = s, mid, half
         else:
-            if kind == 1:
+            if kind == SIGMOID:
                 fl = 1.0 / (1.0 + np.exp(-lw))
                 fu = 1.0 / (1.0 + np.exp(-up))
                 s = min(_sigmoid_slope(lw), _sigmoid_slope(up))

@@ -32,14 +32,12 @@ from verifier.network import (
     LeakyRelu,
     MaxPool,
     Network,
-    Relu,
     Scale,
-    Sigmoid,
-    Tanh,
 )
+from verifier.numerics.activations import CODES
 from verifier.numerics.memory import csr_bytes, dense_bytes, ensure_fits
 
-ACTIVATION_KIND = {Relu: 0, Sigmoid: 1, Tanh: 2}
+ACTIVATION_KIND = CODES
 
 
 # ----------------------------------------------------------------------------- prepare
