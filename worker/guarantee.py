@@ -104,4 +104,14 @@ def fit_budget(net: Network, xs: Sequence[np.ndarray], settings: VerifierSetting
     settings = order_stages(net, xs, budget, settings, jobs)
     proofs = decide_many(net, xs, budget, settings, jobs)
     proved_by = {s: sum(p.stage == s for p in proofs) for s in settings.stages}
-    return BudgetFit(float(budget), 1.0 - _share_proved(proofs), settings, proved_by)
+    return BudgetFit(float(budget), 1.0 - _share_proved(proofs), prune_stages(settings, proved_by),
+                     proved_by)
+
+
+def prune_stages(settings: VerifierSettings, proved_by: dict[str, int]) -> VerifierSettings:
+    """The settings without the stages that proved no calibration input (the first stage is
+    always kept). A stage runs only where the earlier ones failed, so dropping one that proved
+    nothing changes no calibration decision; it spares every unproved input its pass, and
+    costs at most the few served inputs only it would prove. Soundness is unaffected."""
+    kept = tuple(s for i, s in enumerate(settings.stages) if i == 0 or proved_by.get(s, 0))
+    return replace(settings, stages=kept)

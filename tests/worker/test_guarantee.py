@@ -12,11 +12,11 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from verifier.decide import decide
+from verifier.decide import decide, decide_many
 from verifier.network import Dense, Network
 from verifier.score import plan_for
 from verifier.settings import DOMAIN_NAMES, VerifierSettings
-from worker.guarantee import false_alarm_threshold, fit_budget
+from worker.guarantee import false_alarm_threshold, fit_budget, prune_stages
 from worker.policy import Signals, make_validator
 from worker.processor import Scorer
 from worker.profile import CalibrationStats, Profile
@@ -123,3 +123,19 @@ def test_calibrating_by_false_alarms_gives_a_budget_serving_keeps_to() -> None:
     assert fit.false_alarm <= 0.1
     radii = [_exact_radius(net, x, net.predict(x)) for x in xs]
     assert fit.budget <= false_alarm_threshold(radii, 0.1) + 1e-12  # never above exact
+
+
+def test_pruned_stages_change_no_calibration_decision() -> None:
+    rng = np.random.default_rng(6)
+    net = _linear(rng, 6, 3)
+    xs = list(rng.uniform(0, 1, size=(40, 6)))
+    tau = 0.05
+    fit = fit_budget(net, xs, VerifierSettings(), budget=tau, jobs=1)
+    assert set(fit.settings.stages) <= set(fit.proved_by)
+    assert all(fit.proved_by[s] for s in fit.settings.stages[1:])
+    full = decide_many(net, xs, tau, VerifierSettings(), jobs=1)
+    pruned = decide_many(net, xs, tau, fit.settings, jobs=1)
+    assert [p.proved for p in pruned] == [p.proved for p in full]
+    kept = prune_stages(VerifierSettings(stages=("interval", "deepzono", "deeppoly")),
+                        {"interval": 0, "deepzono": 5, "deeppoly": 0})
+    assert kept.stages == ("interval", "deepzono")
