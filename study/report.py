@@ -300,7 +300,7 @@ def _pct(v: float | None, sign: bool = True) -> str:
     return "–" if v is None else f"{100 * v:.0f}" + ("%" if sign else "")
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str] | None = None):
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str] | None = None):
     cols = list(columns or (rows[0].keys() if rows else []))
     for row in rows:
         cols += [k for k in row if k not in cols]
@@ -329,20 +329,20 @@ def write_report(results: Mapping[str, Any], out: str | Path) -> Path:
     t2 = table2_rows(results)
     roc, aucs = roc_tables(results)
     alg2 = algorithm2_rows(results)
-    _write_csv(out / "table1.csv", t1, TABLE1_COLUMNS)
-    _write_csv(out / "table2.csv", t2)
-    _write_csv(out / "roc.csv", roc, ("network", "category", "threshold", "fpr", "tpr"))
-    _write_csv(out / "auc.csv", aucs, ("network", "category", "n_valid", "n_positive", "auc"))
-    _write_csv(out / "algorithm2.csv", alg2)
+    write_csv(out / "table1.csv", t1, TABLE1_COLUMNS)
+    write_csv(out / "table2.csv", t2)
+    write_csv(out / "roc.csv", roc, ("network", "category", "threshold", "fpr", "tpr"))
+    write_csv(out / "auc.csv", aucs, ("network", "category", "n_valid", "n_positive", "auc"))
+    write_csv(out / "algorithm2.csv", alg2)
     domain_rows = domains_report.rows(results)
     if domain_rows:
-        _write_csv(out / "domains.csv", domain_rows, domains_report.COLUMNS)
+        write_csv(out / "domains.csv", domain_rows, domains_report.COLUMNS)
     budget = budget_report.rows({n["name"]: pooled(n, "valid") for n in results["networks"]})
     if budget:
-        _write_csv(out / "budget.csv", budget, budget_report.COLUMNS)
+        write_csv(out / "budget.csv", budget, budget_report.COLUMNS)
         budget_report.figure(budget, out / "budget.png")
     figures = write_figures(results, roc, out)
-    text = render(results, t1, t2, aucs, alg2, figures)
+    text = render(results, t1, t2, aucs, alg2, figures, budget)
     path = out / "report.md"
     path.write_text(text)
     return path
@@ -350,7 +350,7 @@ def write_report(results: Mapping[str, Any], out: str | Path) -> Path:
 
 def render(
     results: Mapping[str, Any], t1: list[dict], t2: list[dict], aucs: list[dict],
-    alg2: list[dict], figures: Mapping[str, list[str]],
+    alg2: list[dict], figures: Mapping[str, list[str]], budget: list[dict] | None = None,
 ) -> str:
     """The Markdown report."""
     cfg = results["config"]
@@ -390,8 +390,7 @@ def render(
            *_section_hist(results, figures), *_section_exact(results, figures),
            *_section_alg2(alg2, cfg), *_section_time(t1),
            *domains_report.section(domains_report.rows(results)),
-           *budget_report.section(budget_report.rows(
-               {n["name"]: pooled(n, "valid") for n in results["networks"]}))]
+           *budget_report.section(budget or [])]
     return "\n".join(md) + "\n"
 
 

@@ -19,7 +19,6 @@ OUT/cache.
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import logging
@@ -30,10 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from study.report import write_csv
 from verifier.decide import cascade_radius, decide_many
 from verifier.network import Network
 from verifier.onnx.importer import load_onnx
 from worker.guarantee import false_alarm_threshold
+from worker.policy import make_validator
 from worker.profile import Profile, load_profile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,14 +97,6 @@ def _proved(net: Network, profile: Profile, xs: np.ndarray, eps: float, cache: P
         net, xs, eps, profile.verifier, jobs)]).astype(bool)
 
 
-def _pgd(net: Network, xs: np.ndarray, ys: np.ndarray, eps: float, params: dict,
-         cache: Path) -> np.ndarray:
-    from study.adaptive_attacks import TorchNet, pgd
-
-    key = _digest("pgd", net.sha256, eps, params, ys.tolist(), xs.shape)
-    return _cached(cache, key, lambda: pgd(TorchNet(net), xs, ys, eps, **params))
-
-
 def _cw_linf(net: Network, onnx: Path, xs: np.ndarray, ys: np.ndarray, eps: float,
              cache: Path) -> np.ndarray:
     """ART's C&W L-inf (it shrinks its own L-inf bound), projected onto the eps-ball."""
@@ -122,6 +115,20 @@ def _cw_linf(net: Network, onnx: Path, xs: np.ndarray, ys: np.ndarray, eps: floa
     return np.clip(adv, np.clip(xs - eps, 0, 1), np.clip(xs + eps, 0, 1))
 
 
+def _successful(net: Network, onnx: Path, attack: str, family: str, params: dict,
+                x: np.ndarray, y: np.ndarray, idx: np.ndarray, eps: float,
+                cache: Path) -> np.ndarray:
+    """One attack's examples at eps that the float64 network classifies otherwise than their
+    (correctly classified) source."""
+    if family == "cw":
+        adv = _cw_linf(net, onnx, x[idx], y[idx], eps, cache)
+        return adv[np.argmax(net.forward(adv), axis=1) != y[idx]]
+    from study.adaptive_attacks import run_adaptive
+
+    return run_adaptive(net, f"{attack}_{eps:g}", {**params, "eps": eps}, x, y, idx,
+                        cache / "attacks").x
+
+
 def attack_plan(cfg: EvalConfig, tau: float) -> list[tuple[str, str, dict]]:
     """(name, family, PGD keyword arguments) of every attack."""
     base = {"steps": cfg.steps, "restarts": cfg.restarts, "seed": cfg.seed}
@@ -137,8 +144,7 @@ def evaluate_model(name: str, cfg: EvalConfig, data, cache: Path) -> tuple[dict,
     """The summary row and the attack rows of one model."""
     onnx = ROOT / "models" / f"{name}.onnx"
     net, profile = load_onnx(onnx), load_profile(ROOT / "models" / f"{name}.profile.json")
-    tau = float(profile.guaranteed_budget if profile.guaranteed_budget is not None
-                else profile.threshold)
+    tau = float(make_validator(profile, "threshold").budget)
     test_x = data.test_x.reshape(len(data.test_x), -1).astype(np.float64)
     test_y = np.asarray(data.test_y, np.int64)
     pred = np.argmax(net.forward(test_x), axis=1)
@@ -159,27 +165,18 @@ def evaluate_model(name: str, cfg: EvalConfig, data, cache: Path) -> tuple[dict,
     rows = []
     for attack, family, params in attack_plan(cfg, tau):
         idx = src[: cfg.cw_n] if family == "cw" else src
-        xs, ys = test_x[idx], test_y[idx]
         for label, eps in budgets(tau):
-            adv = (_cw_linf(net, onnx, xs, ys, eps, cache) if family == "cw"
-                   else _pgd(net, xs, ys, eps, params, cache))
-            wrong = np.argmax(net.forward(adv), axis=1) != ys
-            accepted = _proved(net, profile, adv[wrong], tau, cache, cfg.jobs) if wrong.any() \
-                else np.zeros(0, bool)
+            adv = _successful(net, onnx, attack, family, params, test_x, test_y, idx, eps,
+                              cache)
+            accepted = int(_proved(net, profile, adv, tau, cache, cfg.jobs).sum()) \
+                if len(adv) else 0
             rows.append({"model": name, "attack": attack, "budget": label, "eps": eps,
                          "guaranteed": eps <= tau, "sources": int(len(idx)),
-                         "successful": int(wrong.sum()), "accepted": int(accepted.sum()),
-                         "end_to_end_success": float(accepted.sum() / len(idx))})
+                         "successful": int(len(adv)), "accepted": accepted,
+                         "end_to_end_success": float(accepted / len(idx))})
             log.info("%s %s eps %.4g: %d/%d successful, %d accepted", name, attack, eps,
-                     wrong.sum(), len(idx), accepted.sum())
+                     len(adv), len(idx), accepted)
     return summary, rows
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
 
 
 def _plot(path: Path, rows: list[dict]) -> None:
@@ -216,8 +213,8 @@ def run(cfg: EvalConfig, out: Path) -> list[dict]:
         s, r = evaluate_model(name, cfg, data, out / "cache")
         summaries.append(s)
         rows += r
-    _write_csv(out / "summary.csv", summaries)
-    _write_csv(out / "attacks.csv", rows)
+    write_csv(out / "summary.csv", summaries)
+    write_csv(out / "attacks.csv", rows)
     _plot(out / "attacks.png", rows)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
     broken = [r for r in rows if r["guaranteed"] and r["accepted"]]

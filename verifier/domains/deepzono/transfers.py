@@ -37,9 +37,6 @@ from verifier.network import (
 from verifier.numerics.activations import CODES
 from verifier.numerics.memory import csr_bytes, dense_bytes, ensure_fits
 
-ACTIVATION_KIND = CODES
-
-
 # ----------------------------------------------------------------------------- prepare
 
 
@@ -279,8 +276,8 @@ def _prepare_chain(net: Network) -> tuple | None:
         if isinstance(layer, Dense):
             dense.append(_prepare_dense(layer))
             kinds.append(-1)
-        elif type(layer) in ACTIVATION_KIND and kinds[-1] == -1:
-            kinds[-1] = ACTIVATION_KIND[type(layer)]
+        elif type(layer) in CODES and kinds[-1] == -1:
+            kinds[-1] = CODES[type(layer)]
         else:
             return None
     w, wt, aw, b = (tuple(a[i] for a in dense) for i in range(4))
@@ -304,7 +301,7 @@ DEEPZONO = Domain(
         LeakyRelu: _leaky,
         Add: _add,
         Concat: _concat,
-        **{kind: _activation(code) for kind, code in ACTIVATION_KIND.items()},
+        **{kind: _activation(code) for kind, code in CODES.items()},
     },
     linear_lower=_linear_lower,
     bounds=_bounds,
